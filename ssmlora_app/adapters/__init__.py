@@ -1,0 +1,37 @@
+"""Public adapter API: configs, injection, counting, save and load.
+
+>>> from ssmlora_app.adapters import LoRAConfig, inject_adapters, save_adapter, load_adapter
+>>> inject_adapters(model, LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]))
+"""
+
+from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
+from ssmlora_app.adapters.inject import (
+    adapter_config,
+    adapter_state_dict,
+    count_parameters,
+    count_trainable_parameters,
+    inject_adapters,
+    merge_adapters,
+    unmerge_adapters,
+)
+from ssmlora_app.adapters.io import load_adapter, read_adapter_config, save_adapter
+from ssmlora_app.adapters.lora import LoRAConfig, LoRALinear
+from ssmlora_app.adapters.registry import ADAPTERS
+
+__all__ = [
+    "ADAPTERS",
+    "AdapterConfig",
+    "AdapterLayer",
+    "LoRAConfig",
+    "LoRALinear",
+    "adapter_config",
+    "adapter_state_dict",
+    "count_parameters",
+    "count_trainable_parameters",
+    "inject_adapters",
+    "load_adapter",
+    "merge_adapters",
+    "read_adapter_config",
+    "save_adapter",
+    "unmerge_adapters",
+]

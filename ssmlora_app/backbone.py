@@ -1,0 +1,100 @@
+"""Backbones and tokenizers: from the hub, a local folder, or a config dict (random weights)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
+
+from ssmlora_app.errors import SsmloraError
+
+
+@dataclass
+class BackboneConfig:
+    """Where the frozen backbone comes from. Give ``name_or_path`` or ``config``."""
+
+    name_or_path: str | None = None
+    """Hub id (``roberta-base``) or local folder with pretrained weights. Honours ``HF_HOME`` and
+    ``HF_HUB_OFFLINE``."""
+
+    config: dict | None = None
+    """A transformers config as a dict with ``model_type`` (e.g. ``{model_type: roberta,
+    hidden_size: 64, ...}``): the backbone is built with random weights (tests, quickstart)."""
+
+    tokenizer: str | None = None
+    """Tokenizer hub id or local folder (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``).
+    Default: ``name_or_path``; with neither, the task's built-in tokenizer (synthetic tasks)."""
+
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of ``name_or_path``."""
+
+    trust_remote_code: bool = False
+    """Allow model code from the hub repository to run. Off unless you trust the repository."""
+
+    init_seed: int = 0
+    """Seed for the random weights of a ``config`` backbone, so every process builds the same."""
+
+    def __post_init__(self) -> None:
+        if (self.name_or_path is None) == (self.config is None):
+            raise SsmloraError(
+                "Set exactly one of model.backbone.name_or_path (hub id or folder) and "
+                "model.backbone.config (a config dict with model_type, for random weights)."
+            )
+        if self.config is not None and "model_type" not in self.config:
+            raise SsmloraError("model.backbone.config needs a model_type (e.g. roberta).")
+
+    @property
+    def tokenizer_source(self) -> str | None:
+        return self.tokenizer or self.name_or_path
+
+
+def build_classifier(
+    backbone: BackboneConfig,
+    num_labels: int,
+    problem_type: str,
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+) -> PreTrainedModel:
+    """A ``*ForSequenceClassification`` model with ``num_labels`` outputs.
+
+    ``problem_type`` is ``single_label_classification`` or ``regression`` (one output, MSE).
+    A ``config`` backbone takes ``vocab_size``/``pad_token_id`` from the tokenizer unless its
+    dict sets them.
+    """
+    kwargs = {"num_labels": num_labels, "problem_type": problem_type}
+    if backbone.config is not None:
+        fields = dict(backbone.config)
+        model_type = fields.pop("model_type")
+        if vocab_size is not None:
+            fields.setdefault("vocab_size", vocab_size)
+            if fields["vocab_size"] < vocab_size:
+                raise SsmloraError(
+                    f"model.backbone.config.vocab_size={fields['vocab_size']} is smaller than the "
+                    f"tokenizer's {vocab_size} tokens."
+                )
+        if pad_token_id is not None:
+            fields.setdefault("pad_token_id", pad_token_id)
+        config = AutoConfig.for_model(model_type, **fields, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(backbone.init_seed)
+            return AutoModelForSequenceClassification.from_config(config)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            backbone.name_or_path,
+            revision=backbone.revision,
+            trust_remote_code=backbone.trust_remote_code,
+            **kwargs,
+        )
+    except OSError as err:
+        raise SsmloraError(
+            f"Cannot load backbone {backbone.name_or_path!r}: {err}. Give a hub id (with network "
+            "or a filled HF cache) or a local folder, or model.backbone.config for random weights."
+        ) from None
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id  # decoders (GPT-2, Llama) pool the last non-pad
+    return model

@@ -1,0 +1,6 @@
+"""Lightning callbacks of the app."""
+
+from ssmlora_app.callbacks.export import ExportAdapter
+from ssmlora_app.callbacks.summary import FitSummary
+
+__all__ = ["ExportAdapter", "FitSummary"]

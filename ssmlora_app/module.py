@@ -1,0 +1,166 @@
+"""The LightningModule: frozen backbone + adapter + task head, metrics and optimizer groups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from ssmlora_app.adapters import (
+    AdapterConfig,
+    LoRAConfig,
+    adapter_state_dict,
+    count_parameters,
+    count_trainable_parameters,
+    inject_adapters,
+    load_adapter,
+)
+from ssmlora_app.backbone import BackboneConfig, build_classifier
+from ssmlora_app.errors import SsmloraError
+from ssmlora_app.optim import LinearWarmupDecay, param_groups
+from ssmlora_app.tasks import TaskInfo
+from ssmlora_app.tasks.metrics import build_metrics
+
+OptimizerFactory = Callable[[Iterable], Optimizer]
+SchedulerFactory = Callable[[Optimizer, int], LRScheduler | ReduceLROnPlateau]
+
+
+class AdapterModule(L.LightningModule):
+    """Fine-tunes a frozen backbone through an adapter for one classification/regression task.
+
+    Checkpoints hold the adapter, the head and the optimizer/scheduler state, never the frozen
+    backbone, which is rebuilt from ``backbone`` on load.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneConfig,
+        adapter: AdapterConfig | None = None,
+        optimizer: OptimizerFactory = torch.optim.AdamW,
+        scheduler: SchedulerFactory | None = LinearWarmupDecay,
+        init_adapter_from: str | None = None,
+        task_info: TaskInfo | None = None,
+    ):
+        """
+        Args:
+            backbone: Where the frozen backbone comes from.
+            adapter: The adapter and its targets; default LoRA r=8, alpha=16 on query/value.
+            optimizer: Optimizer class and its arguments (``class_path: torch.optim.AdamW``);
+                it receives the trainable parameters only, biases and norms without weight decay.
+            scheduler: Learning-rate schedule, stepped every optimizer step; called with the
+                optimizer and the trainer's estimated number of steps. Null: constant lr.
+            init_adapter_from: A saved adapter folder to start from (e.g. the MNLI adapter for
+                MRPC/RTE/STS-B); its head is loaded only if its shape fits this task.
+            task_info: Labels, metrics and tokenizer facts; linked from the data module by the CLI.
+        """
+        super().__init__()
+        if task_info is None:
+            raise SsmloraError("AdapterModule needs task_info (the CLI links it from data).")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.task_info = task_info
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.model = build_classifier(
+            backbone,
+            num_labels=task_info.num_labels,
+            problem_type=task_info.problem_type,
+            vocab_size=task_info.vocab_size,
+            pad_token_id=task_info.pad_token_id,
+        )
+        inject_adapters(self.model, adapter if adapter is not None else LoRAConfig())
+        if init_adapter_from is not None:
+            self._init_from(init_adapter_from)
+        self.strict_loading = False  # checkpoints omit the frozen backbone
+        self.val_metrics = self._metrics("val")
+        self.test_metrics = self._metrics("test")
+
+    def _init_from(self, directory: str) -> None:
+        try:
+            load_adapter(self.model, directory, load_head=True)
+        except SsmloraError as err:  # e.g. an MNLI head (3 labels) for a 2-label task
+            rank_zero_warn(f"Loading {directory} without its head: {err}")
+            load_adapter(self.model, directory, load_head=False)
+
+    def _metrics(self, stage: str) -> torch.nn.ModuleList:
+        info = self.task_info
+        return torch.nn.ModuleList(
+            build_metrics(info.metrics, info.num_labels, self._prefix(stage, i))
+            for i in range(len(info.eval_splits))
+        )
+
+    def _prefix(self, stage: str, dataloader_idx: int) -> str:
+        """``val``, or ``val_matched``/``val_mismatched`` for several evaluation splits."""
+        return self.task_info.eval_splits[dataloader_idx].replace("validation", stage)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {
+            "params/trainable": count_trainable_parameters(self.model),
+            "params/adapter": count_trainable_parameters(self.model, include_head=False),
+            "params/total": count_parameters(self.model),
+        }
+
+    def setup(self, stage: str) -> None:
+        self.hparams.update(self.parameter_counts())  # logged with the hyperparameters
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**batch).logits
+
+    def _predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.task_info.problem_type == "regression":
+            return logits.squeeze(-1).float()
+        return logits.argmax(-1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _evaluate(self, batch: dict, dataloader_idx: int, stage: str, metrics) -> None:
+        out = self.model(**batch)
+        prefix = self._prefix(stage, dataloader_idx)
+        size = batch["input_ids"].shape[0]
+        self.log(f"{prefix}/loss", out.loss, add_dataloader_idx=False, batch_size=size)
+        collection = metrics[dataloader_idx]
+        collection.update(self._predictions(out.logits), batch["labels"])
+        self.log_dict(collection, add_dataloader_idx=False, batch_size=size, prog_bar=True)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, dataloader_idx, "val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, dataloader_idx, "test", self.test_metrics)
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        return self._predictions(self.model(**batch).logits)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(param_groups(self.model))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, int(self.trainer.estimated_stepping_batches))
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config = {"scheduler": scheduler, "interval": "epoch", "monitor": scheduler.monitor}
+        else:
+            config = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    # Checkpoints: the adapter and the head only.
+    def _adapter_keys(self) -> set[str]:
+        return {f"model.{k}" for k in adapter_state_dict(self.model)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self._adapter_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = self._adapter_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise SsmloraError(
+                f"The checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
+                f"{sorted(missing)[0]}): it was saved with another adapter configuration."
+            )
