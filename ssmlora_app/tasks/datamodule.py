@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
 
 import datasets
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TaskInfo, get_task
 from ssmlora_app.tokenization import load_tokenizer
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a permutation drawn from ``(seed, epoch)`` alone, so a run resumed from a
+    checkpoint sees the same order as an uninterrupted one (Lightning calls ``set_epoch``)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 def _tokenize(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
@@ -39,6 +59,7 @@ class TaskDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         sample_seed: int = 42,
+        shuffle_seed: int = 0,
     ):
         """
         Args:
@@ -55,6 +76,7 @@ class TaskDataModule(L.LightningDataModule):
             max_train_samples: Use a random subset of this many training examples (quick runs).
             max_eval_samples: Use a random subset of this many examples of each evaluation split.
             sample_seed: Seed of those subsets.
+            shuffle_seed: Seed of the training order (a permutation per epoch).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -118,7 +140,9 @@ class TaskDataModule(L.LightningDataModule):
         return DataLoader(
             self.splits[split],
             batch_size=hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size),
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(self.splits[split]), hp.shuffle_seed)
+            if shuffle
+            else None,
             collate_fn=self.collator,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,

@@ -1,0 +1,34 @@
+"""Small builders shared by the tests."""
+
+import copy
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from tests.conftest import TINY_ROBERTA
+
+
+def tiny_classifier(fields: dict | None = None, num_labels: int = 2, seed: int = 0):
+    fields = dict(fields or TINY_ROBERTA)
+    model_type = fields.pop("model_type")
+    config = AutoConfig.for_model(model_type, num_labels=num_labels, **fields)
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def meta_classifier(model_type: str, num_labels: int = 2, **fields):
+    config = AutoConfig.for_model(model_type, num_labels=num_labels, **fields)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def twin(model):
+    return copy.deepcopy(model)
+
+
+def randomise(module_filter, model, std: float = 0.1):
+    """Give every adapter tensor matching ``module_filter(name)`` random values."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if module_filter(name):
+                p.normal_(0, std)

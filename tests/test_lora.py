@@ -1,0 +1,140 @@
+"""LoRA: equality with peft, zero at init, merge, gradients, exact parameter counts."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from ssmlora_app.adapters import (
+    LoRAConfig,
+    LoRALinear,
+    count_trainable_parameters,
+    inject_adapters,
+    merge_adapters,
+    unmerge_adapters,
+)
+from ssmlora_app.errors import SsmloraError
+from tests.helpers import meta_classifier, randomise, tiny_classifier, twin
+
+GPT2 = {"model_type": "gpt2", "vocab_size": 120, "n_embd": 32, "n_layer": 2, "n_head": 4,
+        "n_positions": 40, "pad_token_id": 0}  # fmt: skip
+
+
+def _ids(batch=3, length=9):
+    return torch.randint(3, 100, (batch, length))
+
+
+@pytest.mark.parametrize(
+    ("fields", "targets", "rslora"),
+    [
+        (None, ["query", "value"], False),
+        (None, ["query", "key", "dense"], True),
+        (GPT2, ["c_attn", "c_fc"], False),
+    ],
+)
+def test_equals_peft_lora(fields, targets, rslora):
+    base = tiny_classifier(fields)
+    ours = inject_adapters(
+        twin(base), LoRAConfig(r=4, alpha=8, target_modules=targets, use_rslora=rslora)
+    )
+    theirs = get_peft_model(
+        twin(base),
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=targets, use_rslora=rslora, task_type="SEQ_CLS"
+        ),
+    )
+    randomise(lambda n: "lora_" in n, ours)
+    their_params = dict(theirs.named_parameters())
+    ours_lora = {n: p for n, p in ours.named_parameters() if "lora_" in n}
+    assert ours_lora, "no LoRA parameters were created"
+    with torch.no_grad():
+        for name, p in ours_lora.items():
+            key = "base_model.model." + name.replace(".weight", ".default.weight")
+            their_params[key].copy_(p)
+    ours.eval(), theirs.eval()
+    ids = _ids()
+    expected = theirs(input_ids=ids).logits
+    assert torch.allclose(ours(input_ids=ids).logits, expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(base(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_zero_at_init_and_only_adapter_and_head_trainable():
+    base = tiny_classifier()
+    model = inject_adapters(twin(base), LoRAConfig(r=4))
+    ids = _ids()
+    assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing trainable"
+    assert all(".lora_A." in n or ".lora_B." in n or n.startswith("classifier.") for n in trainable)
+    assert {n for n in trainable if n.startswith("classifier.")} == {
+        n for n, _ in model.classifier.named_parameters(prefix="classifier")
+    }
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            assert module.lora_A.weight.dtype == torch.float32
+
+
+def test_gradients_reach_every_trainable_parameter():
+    model = inject_adapters(tiny_classifier(), LoRAConfig(r=4, target_modules=["query", "value"]))
+    model.train()
+    randomise(lambda n: "lora_B" in n, model)  # B=0 would block A's gradient
+    out = model(input_ids=_ids(), labels=torch.tensor([0, 1, 1]))
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+@pytest.mark.parametrize("fields", [None, GPT2])
+def test_merge_and_unmerge(fields):
+    targets = ["c_attn"] if fields else ["query", "value"]
+    model = inject_adapters(tiny_classifier(fields), LoRAConfig(r=4, target_modules=targets))
+    randomise(lambda n: "lora_" in n, model)
+    ids = _ids()
+    before = model(input_ids=ids).logits
+    weights = {n: p.clone() for n, p in model.named_parameters() if "base_layer" in n}
+    merge_adapters(model)
+    assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-5)
+    changed = [
+        n
+        for n, p in model.named_parameters()
+        if "base_layer.weight" in n and not torch.equal(p, weights[n])
+    ]
+    assert changed, "merge changed no base weight"
+    unmerge_adapters(model)
+    for name, p in model.named_parameters():
+        if name in weights:
+            assert torch.allclose(p, weights[name], atol=1e-6), name
+    assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-5)
+
+
+def test_roberta_base_query_value_count():
+    model = meta_classifier("roberta")  # roberta-base shapes: 12 layers, 768 hidden
+    inject_adapters(model, LoRAConfig(r=8, target_modules=["query", "value"]))
+    assert count_trainable_parameters(model, include_head=False) == 12 * 2 * 8 * (768 + 768)
+    head = 768 * 768 + 768 + 768 * 2 + 2  # RobertaClassificationHead: dense + out_proj
+    assert count_trainable_parameters(model) == 294_912 + head
+
+
+def test_rslora_scaling():
+    model = inject_adapters(tiny_classifier(), LoRAConfig(r=4, alpha=8, use_rslora=True))
+    layer = next(m for m in model.modules() if isinstance(m, LoRALinear))
+    assert layer.scaling == pytest.approx(8 / 2)
+
+
+@pytest.mark.parametrize("r", [0, -3])
+def test_rank_must_be_positive(r):
+    with pytest.raises(SsmloraError, match="rank r must be a positive integer"):
+        LoRAConfig(r=r)
+
+
+def test_target_matching_nothing_lists_candidates():
+    with pytest.raises(SsmloraError, match=r"matches no layer.*attention\.self\.query"):
+        inject_adapters(tiny_classifier(), LoRAConfig(target_modules=["q_proj"]))
+
+
+def test_injecting_twice_is_refused():
+    model = inject_adapters(tiny_classifier(), LoRAConfig())
+    with pytest.raises(SsmloraError, match="already has an adapter"):
+        inject_adapters(model, LoRAConfig())
