@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -60,7 +61,17 @@ class AdapterModule(L.LightningModule):
         super().__init__()
         if task_info is None:
             raise SsmloraError("AdapterModule needs task_info (the CLI links it from data).")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # Plain values only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            ignore=["backbone", "adapter", "optimizer", "scheduler", "task_info"]
+        )
+        adapter = adapter if adapter is not None else LoRAConfig()
+        self.hparams.update(
+            backbone=asdict(backbone),
+            adapter={"adapter_type": adapter.adapter_type, **asdict(adapter)},
+            task_info=asdict(task_info),
+        )
+        self.backbone_config = backbone
         self.task_info = task_info
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -71,12 +82,23 @@ class AdapterModule(L.LightningModule):
             vocab_size=task_info.vocab_size,
             pad_token_id=task_info.pad_token_id,
         )
-        inject_adapters(self.model, adapter if adapter is not None else LoRAConfig())
+        inject_adapters(self.model, adapter)
         if init_adapter_from is not None:
             self._init_from(init_adapter_from)
         self.strict_loading = False  # checkpoints omit the frozen backbone
         self.val_metrics = self._metrics("val")
         self.test_metrics = self._metrics("test")
+        # Plain values only (checkpoints load with torch.load(weights_only=True)), with the
+        # parameter counts so TensorBoard's hparams view shows them.
+        self.save_hyperparameters(
+            {
+                "backbone": asdict(backbone),
+                "adapter": {"adapter_type": adapter.adapter_type, **asdict(adapter)},
+                "init_adapter_from": init_adapter_from,
+                "task_info": asdict(task_info),
+                **self.parameter_counts(),
+            }
+        )
 
     def _init_from(self, directory: str) -> None:
         try:
@@ -102,9 +124,6 @@ class AdapterModule(L.LightningModule):
             "params/adapter": count_trainable_parameters(self.model, include_head=False),
             "params/total": count_parameters(self.model),
         }
-
-    def setup(self, stage: str) -> None:
-        self.hparams.update(self.parameter_counts())  # logged with the hyperparameters
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(**batch).logits
@@ -156,6 +175,13 @@ class AdapterModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self._adapter_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        # The YAML config is the source of truth on resume: LightningCLI would otherwise parse
+        # these (plain-dict) hyperparameters as init arguments. Kept under our own key.
+        checkpoint["ssmlora_hparams"] = checkpoint.pop("hyper_parameters", {})
+        # Dropout draws from the global RNG: restore it on resume for an identical continuation.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = self._adapter_keys() - set(checkpoint["state_dict"])
@@ -164,3 +190,8 @@ class AdapterModule(L.LightningModule):
                 f"The checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
                 f"{sorted(missing)[0]}): it was saved with another adapter configuration."
             )
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])

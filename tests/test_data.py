@@ -37,7 +37,7 @@ def write_glue(root, task):
     path = root / folder
     path.mkdir(parents=True, exist_ok=True)
     files = [name, "dev_mismatched.tsv"] if task == "mnli" else [name]
-    for file in files + ["train.tsv"]:
+    for file in [*files, "train.tsv"]:
         with open(path / file, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(
                 f, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, escapechar=None
@@ -70,7 +70,7 @@ def test_local_glue_layouts(tmp_path, task):
 
 
 def test_unknown_task():
-    with pytest.raises(SsmloraError, match="Unknown task 'sst3'.*sst2"):
+    with pytest.raises(SsmloraError, match=r"Unknown task 'sst3'.*sst2"):
         TaskDataModule(task="sst3")
 
 

@@ -126,7 +126,7 @@ def test_rslora_scaling():
 @pytest.mark.parametrize("r", [0, -3])
 def test_rank_must_be_positive(r):
     with pytest.raises(SsmloraError, match="rank r must be a positive integer"):
-        LoRAConfig(r=r)
+        inject_adapters(tiny_classifier(), LoRAConfig(r=r))
 
 
 def test_target_matching_nothing_lists_candidates():

@@ -39,6 +39,10 @@ class AdapterConfig:
     """Modules trained fully and saved with the adapter (the task head). None: the model's
     top-level ``pooler``/``classifier``/``score`` modules, if any; [] for none."""
 
+    def validate(self) -> None:
+        """Raise :class:`~ssmlora_app.errors.SsmloraError` for invalid values (called by
+        ``inject_adapters``, so the CLI reports it before any training)."""
+
 
 class AdapterLayer(nn.Module):
     """Marker base class of adapter layers that wrap a frozen ``base_layer``.

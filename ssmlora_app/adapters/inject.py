@@ -32,6 +32,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     if hasattr(model, CONFIG_ATTR):
         raise SsmloraError("This model already has an adapter; inject into a fresh backbone.")
     spec = get_spec(config.adapter_type)
+    config.validate()
     heads = default_head(model) if config.modules_to_save is None else list(config.modules_to_save)
     for name in heads:
         try:

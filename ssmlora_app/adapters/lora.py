@@ -42,7 +42,7 @@ class LoRAConfig(AdapterConfig):
     use_rslora: bool = False
     """Scale by ``alpha/√r`` (rank-stabilised LoRA) instead of ``alpha/r``."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not isinstance(self.r, int) or self.r <= 0:
             raise SsmloraError(f"LoRA rank r must be a positive integer, got r={self.r!r}.")
         if not 0.0 <= self.dropout < 1.0:

@@ -24,7 +24,7 @@ class ExportAdapter(L.Callback):
         if not trainer.is_global_zero:
             return
         root = Path(trainer.log_dir or trainer.default_root_dir)
-        backbone = getattr(pl_module.hparams, "backbone", None)
+        backbone = getattr(pl_module, "backbone_config", None)
         name = getattr(backbone, "name_or_path", None)
         path = save_adapter(pl_module.model, root / self.dirname, base_model_name_or_path=name)
         rank_zero_info(f"Adapter saved to {path}")

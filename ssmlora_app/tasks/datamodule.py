@@ -146,6 +146,9 @@ class TaskDataModule(L.LightningDataModule):
             collate_fn=self.collator,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
+            # Its own generator: creating an iterator then draws no number from the global RNG,
+            # whose state a resumed run restores (see AdapterModule.on_load_checkpoint).
+            generator=torch.Generator().manual_seed(hp.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:

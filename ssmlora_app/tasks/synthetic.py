@@ -14,6 +14,8 @@ import datasets
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from ssmlora_app.errors import SsmloraError
+
 POSITIVE = "good great fine superb lovely brilliant pleasant wonderful charming delightful".split()
 NEGATIVE = "bad awful poor dull boring terrible weak clumsy tedious dreadful".split()
 NEUTRAL = (
@@ -41,7 +43,10 @@ class WordSentimentTask:
         return False
 
     def check_data_dir(self, data_dir: str | None) -> None:
-        return None
+        if data_dir is not None:
+            raise SsmloraError(
+                f"Task {self.name!r} is generated in code and reads no files: remove data.data_dir."
+            )
 
     def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
         sizes = dict(self.sizes)

@@ -1,0 +1,114 @@
+"""The ssmlora command end to end on the offline quickstart: fit, resume, export, bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssmlora_app.cli import main
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+
+
+def fit(tmp_path: Path, *extra: str, version: str = "v") -> Path:
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.logger.init_args.version={version}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            *extra,
+        ]
+    )
+    return tmp_path / "quickstart" / version
+
+
+def test_quickstart_beats_chance_and_exports(tmp_path, caplog):
+    caplog.set_level("INFO")
+    run = fit(tmp_path)
+    text = caplog.text
+    accuracy = float(text.split("val/accuracy = ")[1].split()[0])
+    chance = float(text.split("majority-class accuracy (chance) = ")[1].split()[0])
+    assert accuracy > 0.85 and accuracy > chance + 0.25, text
+    assert (run / "config.yaml").is_file()
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    keys = set(checkpoint["state_dict"])
+    assert keys and all(".lora_" in k or k.startswith("model.classifier.") for k in keys)
+    assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"]
+    hparams = (run / "hparams.yaml").read_text()
+    assert "params/trainable" in hparams
+
+
+class StopAfterFirstEpoch(L.Callback):
+    """Ends fit after epoch 0 like an interrupted run: same config, so the same LR schedule."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path):
+    quick = ["--trainer.max_epochs=2", "--data.max_train_samples=256", "--data.max_eval_samples=64"]
+    straight = fit(tmp_path, *quick, version="straight")
+    stop = "--trainer.callbacks+=tests.test_cli.StopAfterFirstEpoch"
+    first = fit(tmp_path, *quick, stop, version="resumed")
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    resumed = fit(
+        tmp_path, *quick, f"--ckpt_path={first / 'checkpoints' / 'last.ckpt'}", version="resumed"
+    )
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    assert "class_path: ssmlora_app.adapters" in capsys.readouterr().out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ssmlora_app", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--data.task=sst3", "Unknown task 'sst3'"),
+        ("--data.data_dir=/nonexistent", "reads no files: remove data.data_dir"),
+        ("--model.adapter.init_args.r=0", "rank r must be a positive integer"),
+        ("--model.adapter.init_args.target_modules=[q_proj]", "matches no layer"),
+        ("--model.init_adapter_from=/nonexistent", "Cannot read adapter config"),
+    ],
+)
+def test_bad_input_fails_early_with_a_clear_message(tmp_path, override, message):
+    result = run_cli(
+        "fit",
+        "--config",
+        "configs/quickstart.yaml",
+        f"--trainer.default_root_dir={tmp_path}",
+        override,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Epoch" not in result.stderr + result.stdout  # nothing was trained
