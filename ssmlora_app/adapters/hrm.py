@@ -24,9 +24,9 @@ wrapper is an :class:`AdapterLayer` like LoRA's, so saving, loading and counting
   residual input, so ``h ← LayerNorm(u + FFN(u) + g·y)``: the SSM sits parallel to the FFN
   inside the same residual branch, before the post-LN, as in the pre-LN decoders.
 
-The reduced adapter (:mod:`ssmlora_app.ssm.reduction`) uses :class:`HRMModalLayer`: complex
-modes ``λ = exp(−exp(log_A) + iθ)`` with complex ``B̂``, ``Ĉ`` stored as ``(..., 2)`` real
-pairs, and ``y = Re(Ĉ s)``, through the same FFT scan.
+The reduced adapter (:mod:`ssmlora_app.ssm.reduction`) uses :class:`HRMModalLayer`: real and
+complex modes ``λ = exp(−exp(log_A) + iθ)``, ``B̂``, ``Ĉ`` stored as real matrices (real parts,
+then imaginary parts of the complex modes), and ``y = Re(Ĉ s)``, through the same FFT scan.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ class HRMConfig(AdapterConfig):
     """Per-layer state size keyed by module name (the modal form's orders ``d̂``); None: all
     layers use ``d_state``."""
 
+    complex_modes: dict[str, int] | None = None
+    """Modal form: number of complex modes (conjugate pairs) per layer, keyed by module name."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.d_state, int) or self.d_state <= 0:
             raise SsmloraError(f"HRM d_state must be a positive integer, got {self.d_state!r}.")
@@ -103,6 +106,17 @@ class HRMConfig(AdapterConfig):
 def inverse_softplus(x: Tensor) -> Tensor:
     """``softplus⁻¹(x) = x + log(−expm1(−x))`` for ``x > 0``."""
     return x + torch.log(-torch.expm1(-x))
+
+
+def discretize(log_A: Tensor, log_dt: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero-order hold of the adapter's continuous diagonal system (spec §4.1).
+
+    ``log_A, log_dt (d,)``, ``B (d, D)`` -> ``Ā = exp(Δ ⊙ a) (d,)`` and
+    ``B̄ = ((Ā − 1)/a)[:, None] ⊙ B (d, D)``, with ``a = −exp(log_A)``, ``Δ = softplus(log_dt)``.
+    """
+    a = -torch.exp(log_A)  # (d,)
+    A_bar = torch.exp(F.softplus(log_dt) * a)  # (d,) in (0, 1)
+    return A_bar, ((A_bar - 1) / a)[:, None] * B  # (d,), (d, D)
 
 
 class _HRMBypass(AdapterLayer):
@@ -203,23 +217,26 @@ class HRMLayer(_HRMBypass):
         self.gate.fill_(self.gate_init)
 
     def system(self) -> tuple[Tensor, Tensor, Tensor]:
-        a = -torch.exp(self.log_A)  # (d,)
-        dt = F.softplus(self.log_dt)  # (d,)
-        A_bar = torch.exp(dt * a)  # (d,) in (0, 1)
-        B_bar = ((A_bar - 1) / a)[:, None] * self.B  # (d, D)
+        A_bar, B_bar = discretize(self.log_A, self.log_dt, self.B)
         return A_bar, B_bar, self.C
 
 
 class HRMModalLayer(_HRMBypass):
-    """A reduced adapter in modal form: complex modes ``λ = exp(−exp(log_A) + i·theta) (d̂,)``
-    (``|λ| < 1`` for any parameter value), ``B (d̂, D, 2)`` and ``C (D, d̂, 2)`` holding complex
-    ``B̂``, ``Ĉ`` as (real, imag), scalar ``gate``; ``y = Re(Ĉ s)`` (spec §4.3)."""
+    """A reduced adapter in modal form (spec §4.3): ``n_real`` real modes and ``n_complex``
+    complex ones (each standing for a conjugate pair), ``y = Re(Ĉ s)``.
+
+    Parameters: ``log_A, theta (n_real + n_complex,)`` with modes ``λ = exp(−exp(log_A) + i·theta)``
+    (``|λ| < 1`` for any value); real ``B (d̂, D)`` and ``C (D, d̂)`` with ``d̂ = n_real +
+    2·n_complex``: the real modes' rows/columns, then the complex modes' real parts, then their
+    imaginary parts; scalar ``gate``. ``2d̂D + 2(d̂ − n_complex) + 1`` parameters.
+    """
 
     def __init__(
         self,
         base_layer: nn.Module,
         d_model: int,
         d_state: int,
+        n_complex: int = 0,
         *,
         gate_init: float = 0.01,
         scan: str = "fft",
@@ -227,18 +244,46 @@ class HRMModalLayer(_HRMBypass):
         device: torch.device | str | None = None,
     ):
         super().__init__(base_layer, post_ln, scan)
+        if not 0 <= 2 * n_complex <= d_state:
+            raise SsmloraError(f"Modal HRM layer: need 2·n_complex <= d_state, got {n_complex}.")
+        self.n_complex = n_complex
+        modes = d_state - n_complex
         kw = {"device": device, "dtype": torch.float32}
-        self.log_A = nn.Parameter(torch.full((d_state,), math.log(0.1), **kw))  # |λ| ≈ 0.905
-        self.theta = nn.Parameter(torch.zeros(d_state, **kw))
-        self.B = nn.Parameter(torch.zeros(d_state, d_model, 2, **kw))
-        self.C = nn.Parameter(torch.zeros(d_model, d_state, 2, **kw))
+        self.log_A = nn.Parameter(torch.full((modes,), math.log(0.1), **kw))  # |λ| ≈ 0.905
+        self.theta = nn.Parameter(torch.zeros(modes, **kw))
+        self.B = nn.Parameter(torch.zeros(d_state, d_model, **kw))
+        self.C = nn.Parameter(torch.zeros(d_model, d_state, **kw))
         self.gate = nn.Parameter(torch.full((), gate_init, **kw))
         for p in (self.log_A, self.theta, self.gate):
             setattr(p, NO_DECAY_ATTR, True)
 
     def system(self) -> tuple[Tensor, Tensor, Tensor]:
-        A_bar = torch.polar(torch.exp(-torch.exp(self.log_A)), self.theta)  # (d̂,) complex
-        return A_bar, torch.view_as_complex(self.B), torch.view_as_complex(self.C)
+        A_bar = torch.polar(torch.exp(-torch.exp(self.log_A)), self.theta)  # (k,) complex
+        r, m = self.B.shape[0] - 2 * self.n_complex, self.n_complex
+        B = torch.cat(
+            [self.B[:r].to(A_bar.dtype), torch.complex(self.B[r : r + m], self.B[r + m :])]
+        )
+        C = torch.cat(
+            [
+                self.C[:, :r].to(A_bar.dtype),
+                torch.complex(self.C[:, r : r + m], self.C[:, r + m :]),
+            ],
+            dim=1,
+        )
+        return A_bar, B, C  # (k,), (k, D), (D, k)
+
+
+def modal_tensors(lam: Tensor, B: Tensor, C: Tensor, n_complex: int) -> dict[str, Tensor]:
+    """:class:`HRMModalLayer` parameters (fp32) for modes ``λ (k,)``, ``B̂ (k, D)``, ``Ĉ (D, k)``
+    (complex, ``|λ| < 1``; the last ``n_complex`` complex, the others real)."""
+    r = lam.numel() - n_complex
+    radius = lam.abs().clamp(min=1e-30)
+    return {
+        "log_A": torch.log(-torch.log(radius)).float(),
+        "theta": torch.angle(lam).float(),
+        "B": torch.cat([B[:r].real, B[r:].real, B[r:].imag]).float().contiguous(),
+        "C": torch.cat([C[:, :r].real, C[:, r:].real, C[:, r:].imag], 1).float().contiguous(),
+    }
 
 
 def ffn_kind(model: nn.Module, name: str, module: nn.Module) -> str | None:
@@ -300,8 +345,9 @@ def inject_hrm(model: nn.Module, config: HRMConfig, skip: list[str]) -> list[str
                     f"The reduced HRM config has no state size for {name!r}; it was reduced "
                     "from another model. Reduce this model's own adapter."
                 )
+            pairs = (config.complex_modes or {}).get(name, 0)
             layer = HRMModalLayer(
-                base, d_model, size, gate_init=config.gate_init, scan=config.scan,
+                base, d_model, size, pairs, gate_init=config.gate_init, scan=config.scan,
                 post_ln=post_ln, device=device,
             )  # fmt: skip
         else:
