@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -26,6 +29,7 @@ from ssmlora_app.adapters import (
     merge_adapters,
     save_adapter,
 )
+from ssmlora_app.callbacks import HRMDiagnostics
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.optim import param_groups
 
@@ -220,3 +224,33 @@ def test_generation_with_and_without_kv_cache():
     full = logits(model, cached)[:, -1]
     assert torch.allclose(step, full, atol=1e-4)
     assert not math.isclose(float((step - logits(tiny("llama"), cached)[:, -1]).abs().max()), 0)
+
+
+def test_diagnostics_callback_writes_tensorboard(tmp_path):
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = inject_adapters(tiny("gpt2"), HRMConfig(d_state=4))
+
+        def training_step(self, batch, batch_idx):
+            return self.model(input_ids=batch[0]).logits.square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids(8, 4)), batch_size=2)
+    logger = TensorBoardLogger(tmp_path, name="run")
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=logger,
+        callbacks=[HRMDiagnostics(every_n_steps=1)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Tiny(), data)
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0}).Reload()
+    tags = events.Tags()
+    assert "hrm/gate/transformer.h.0.mlp" in tags["scalars"]
+    assert "hrm/A_bar" in tags["histograms"]
+    assert "hrm/A_bar/transformer.h.1.mlp" in tags["histograms"]

@@ -207,3 +207,17 @@ def test_empirical_gramians_mode(trained_dir):
     reduced = load_adapter(tiny_llama(), tmp / "empirical")
     with torch.no_grad():
         assert torch.isfinite(reduced(input_ids=batches[0]["input_ids"]).logits).all()
+
+
+def test_modal_layer_count_and_gradients():
+    layer = HRMModalLayer(torch.nn.Linear(8, 8), 8, 5, n_complex=2, gate_init=0.5)
+    count = sum(p.numel() for n, p in layer.named_parameters() if "base" not in n)
+    assert count == 2 * 5 * 8 + 2 * (5 - 2) + 1
+    with torch.no_grad():
+        layer.B.normal_()
+        layer.C.normal_()
+        layer.theta[1:].uniform_(0.1, 1.0)
+    layer(torch.randn(2, 9, 8)).square().sum().backward()
+    for name, p in layer.named_parameters():
+        if "base" not in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
