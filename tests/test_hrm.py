@@ -215,6 +215,8 @@ def test_generation_with_and_without_kv_cache():
     with hrm_generation(model):
         cached = model.generate(prompt, use_cache=True, **kw)
     assert torch.equal(cached, no_cache)
+    # without carrying the state, the cached decode steps would restart the SSM at zero
+    assert not torch.equal(model.generate(prompt, use_cache=True, **kw), no_cache)
     # and the decode step carried a state: the last logits match the full recomputation
     with torch.no_grad(), hrm_generation(model):
         out = model(input_ids=cached[:, :-1], use_cache=True)
@@ -254,3 +256,17 @@ def test_diagnostics_callback_writes_tensorboard(tmp_path):
     assert "hrm/gate/transformer.h.0.mlp" in tags["scalars"]
     assert "hrm/A_bar" in tags["histograms"]
     assert "hrm/A_bar/transformer.h.1.mlp" in tags["histograms"]
+
+
+def test_bf16_backbone_keeps_fp32_adapter():
+    x = ids()
+    frozen = logits(tiny("llama").to(torch.bfloat16), x)
+    model = inject_adapters(tiny("llama").to(torch.bfloat16), HRMConfig(d_state=4, gate_init=0.0))
+    layer = model.get_submodule("model.layers.0.mlp")
+    assert all(p.dtype == torch.float32 for n, p in layer.named_parameters() if "base" not in n)
+    out = logits(model, x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, frozen)
+    with torch.no_grad():
+        layer.gate.fill_(1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(input_ids=x).logits).all()
