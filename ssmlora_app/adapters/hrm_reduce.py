@@ -66,7 +66,7 @@ class ReductionReport:
     def summary(self) -> str:
         """Human-readable lines: d̂ per layer, the parameter saving, the error bounds."""
         lines = [
-            f"{name}: d̂={self.orders[name]} ({self.complex_modes[name]} complex pairs), "
+            f"{name}: d̂={self.orders[name]} ({self.complex_modes[name]} complex-conjugate pairs), "
             f"bound={self.error_bounds[name]}"
             for name in self.orders
         ]
