@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    BertConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
@@ -51,7 +52,8 @@ def tiny(arch: str, seed: int = 0) -> torch.nn.Module:
     if arch == "gpt2":
         cfg = GPT2Config(vocab_size=97, n_embd=D, n_head=4, n_layer=2, n_positions=64)
         return AutoModelForCausalLM.from_config(cfg).eval()
-    cfg = RobertaConfig(**common, intermediate_size=64, num_hidden_layers=2, num_labels=3)
+    config_cls = BertConfig if arch == "bert" else RobertaConfig
+    cfg = config_cls(**common, intermediate_size=64, num_hidden_layers=2, num_labels=3)
     return AutoModelForSequenceClassification.from_config(cfg).eval()
 
 
@@ -85,6 +87,7 @@ WRAPPED = {
     "mistral": "model.layers.{}.mlp",
     "gpt2": "transformer.h.{}.mlp",
     "roberta": "roberta.encoder.layer.{}.output",
+    "bert": "bert.encoder.layer.{}.output",
 }
 
 
