@@ -5,6 +5,13 @@
 """
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
+from ssmlora_app.adapters.hrm import (
+    HRMConfig,
+    HRMLayer,
+    HRMModalLayer,
+    hrm_diagnostics,
+    hrm_generation,
+)
 from ssmlora_app.adapters.inject import (
     adapter_config,
     adapter_state_dict,
@@ -22,12 +29,17 @@ __all__ = [
     "ADAPTERS",
     "AdapterConfig",
     "AdapterLayer",
+    "HRMConfig",
+    "HRMLayer",
+    "HRMModalLayer",
     "LoRAConfig",
     "LoRALinear",
     "adapter_config",
     "adapter_state_dict",
     "count_parameters",
     "count_trainable_parameters",
+    "hrm_diagnostics",
+    "hrm_generation",
     "inject_adapters",
     "load_adapter",
     "merge_adapters",

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from torch import nn
 
 from ssmlora_app.adapters.base import AdapterConfig
+from ssmlora_app.adapters.hrm import HRMConfig, inject_hrm
 from ssmlora_app.adapters.lora import LoRAConfig, inject_lora, peft_config_fields
 from ssmlora_app.errors import SsmloraError
 
@@ -28,6 +29,7 @@ class AdapterSpec:
 ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType(
     {
         LoRAConfig.adapter_type: AdapterSpec(LoRAConfig, inject_lora, peft_config_fields),
+        HRMConfig.adapter_type: AdapterSpec(HRMConfig, inject_hrm),
     }
 )
 
