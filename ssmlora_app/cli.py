@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 import warnings
 
-from jsonargparse import set_parsing_settings
+from jsonargparse import auto_cli, set_parsing_settings
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ssmlora_app.adapters import AdapterConfig
-from ssmlora_app.callbacks import ExportAdapter, FitSummary
+from ssmlora_app.callbacks import ExportAdapter, FitSummary, HRMDiagnostics
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks.datamodule import TaskDataModule
@@ -35,22 +35,52 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(ExportAdapter, "export")
         parser.add_lightning_class_args(FitSummary, "summary")
+        parser.add_lightning_class_args(HRMDiagnostics, "hrm_diagnostics")
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 
 
+def reduce(adapter: str, out: str, eps: float = 0.1) -> None:
+    """Balanced truncation of a trained HRM adapter (spec §4.3): Hankel singular values, order
+    from eps, complex modes so the reduced adapter still runs through the FFT scan.
+
+    Args:
+        adapter: Folder of a trained HRM adapter (as written by fit's export).
+        out: Folder for the reduced adapter, hankel_singular_values.json and reduction_report.json.
+        eps: Keep the states whose Hankel singular value is at least eps times the largest.
+    """
+    from ssmlora_app.adapters.hrm_reduce import reduce_hrm_adapter
+
+    report = reduce_hrm_adapter(adapter, eps, out)
+    print(report.summary())
+    print(f"Reduced adapter written to {out}")
+
+
+EXTRA_COMMANDS = {"reduce": reduce}
+"""Subcommands besides LightningCLI's fit/validate/test/predict: one typed function each."""
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``ssmlora`` console script."""
+    argv = sys.argv[1:] if args is None else list(args)
     set_parsing_settings(subclasses_enabled=[AdapterConfig])
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            auto_cli(
+                EXTRA_COMMANDS[argv[0]],
+                args=argv[1:],
+                as_positional=False,
+                prog=f"ssmlora {argv[0]}",
+            )
+            return
         SsmloraCLI(
             AdapterModule,
             TaskDataModule,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS,
-            args=args,
+            args=argv,
         )
     except SsmloraError as err:
         print(f"ssmlora: error: {err}", file=sys.stderr)

@@ -19,6 +19,7 @@ from ssmlora_app.adapters import (
     count_trainable_parameters,
     inject_adapters,
     load_adapter,
+    read_adapter_config,
 )
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.errors import SsmloraError
@@ -49,7 +50,8 @@ class AdapterModule(L.LightningModule):
         """
         Args:
             backbone: Where the frozen backbone comes from.
-            adapter: The adapter and its targets; default LoRA r=8, alpha=16 on query/value.
+            adapter: The adapter and its targets. Null: the config saved in ``init_adapter_from``
+                if given, else LoRA r=8, alpha=16 on query/value.
             optimizer: Optimizer class and its arguments (``class_path: torch.optim.AdamW``);
                 it receives the trainable parameters only, biases and norms without weight decay.
             scheduler: Learning-rate schedule, stepped every optimizer step; called with the
@@ -65,7 +67,8 @@ class AdapterModule(L.LightningModule):
         self.save_hyperparameters(
             ignore=["backbone", "adapter", "optimizer", "scheduler", "task_info"]
         )
-        adapter = adapter if adapter is not None else LoRAConfig()
+        if adapter is None:  # a saved adapter brings its own config (e.g. a reduced HRM one)
+            adapter = read_adapter_config(init_adapter_from) if init_adapter_from else LoRAConfig()
         self.hparams.update(
             backbone=asdict(backbone),
             adapter={"adapter_type": adapter.adapter_type, **asdict(adapter)},

@@ -112,3 +112,34 @@ def test_bad_input_fails_early_with_a_clear_message(tmp_path, override, message)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert "Epoch" not in result.stderr + result.stdout  # nothing was trained
+
+
+def test_hrm_fit_reduce_then_validate_the_reduced_adapter(tmp_path, caplog, capsys):
+    caplog.set_level("INFO")
+    llama = (
+        "--model.backbone.config={model_type: llama, hidden_size: 32, intermediate_size: 64, "
+        "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, "
+        "max_position_embeddings: 64}"
+    )
+    hrm = "--model.adapter={class_path: ssmlora_app.adapters.HRMConfig, init_args: {d_state: 8, target_modules: [mlp]}}"
+    quick = ["--trainer.max_epochs=1", "--data.max_train_samples=128", "--data.max_eval_samples=64"]
+    run = fit(tmp_path, llama, hrm, *quick, version="hrm")
+    reduced = tmp_path / "reduced"
+    main(["reduce", "--adapter", str(run / "adapter"), "--out", str(reduced), "--eps", "0.1"])
+    assert "SSM parameters" in capsys.readouterr().out
+    assert (reduced / "hankel_singular_values.json").is_file()
+    caplog.clear()
+    main(
+        [
+            "validate",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            llama,
+            "--model.adapter=null",
+            f"--model.init_adapter_from={reduced}",
+            "--data.max_eval_samples=64",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert "val/accuracy" in caplog.text or "val/accuracy" in capsys.readouterr().out

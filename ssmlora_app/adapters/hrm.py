@@ -87,7 +87,7 @@ class HRMConfig(AdapterConfig):
     complex_modes: dict[str, int] | None = None
     """Modal form: number of complex modes (conjugate pairs) per layer, keyed by module name."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not isinstance(self.d_state, int) or self.d_state <= 0:
             raise SsmloraError(f"HRM d_state must be a positive integer, got {self.d_state!r}.")
         if not 0 < self.dt_min <= self.dt_max:
