@@ -93,6 +93,9 @@ class TaskDataModule(L.LightningDataModule):
                     f"Task {task!r} needs a tokenizer: set model.backbone.name_or_path or "
                     "model.backbone.tokenizer to a hub id or a local folder."
                 )
+        # Classification pools the first token (encoders) or the last non-pad one (decoders), and
+        # sequence adapters (HRM) must not read pads before real tokens: pad on the right.
+        self.tokenizer.padding_side = "right"
         self.task_info = TaskInfo(
             task=task,
             num_labels=self.task.num_labels,
