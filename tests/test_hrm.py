@@ -273,3 +273,22 @@ def test_bf16_backbone_keeps_fp32_adapter():
         layer.gate.fill_(1.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.isfinite(model(input_ids=x).logits).all()
+
+
+def test_gate_only_training_freezes_the_ssm():
+    from ssmlora_app.adapters import HRMConfig, adapter_state_dict, inject_adapters
+    from tests.helpers import tiny_classifier
+
+    model = inject_adapters(
+        tiny_classifier(), HRMConfig(d_state=4, train="gate", modules_to_save=[])
+    )
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith(".gate") for n in trainable)
+    saved = {k.rsplit(".", 1)[1] for k in adapter_state_dict(model)}
+    assert {
+        "log_A",
+        "log_dt",
+        "B",
+        "C",
+        "gate",
+    } <= saved  # frozen SSM tensors are still the adapter

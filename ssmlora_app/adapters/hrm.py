@@ -77,6 +77,10 @@ class HRMConfig(AdapterConfig):
     scan: str = "fft"
     """``fft`` (exact FFT convolution, fast) or ``sequential`` (the reference recurrence)."""
 
+    train: str = "all"
+    """Which adapter parameters train: ``all``, or ``gate`` (only each layer's gate ``g``, e.g.
+    after ``ssmlora reduce``; the rest stay as loaded)."""
+
     modal: bool = False
     """Reduced form written by ``ssmlora reduce``: complex modes, per-layer ``state_sizes``."""
 
@@ -94,6 +98,8 @@ class HRMConfig(AdapterConfig):
             raise SsmloraError(
                 f"HRM needs 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}."
             )
+        if self.train not in ("all", "gate"):
+            raise SsmloraError(f"HRM train must be 'all' or 'gate', got {self.train!r}.")
         if self.scan not in SCAN_METHODS:
             raise SsmloraError(f"HRM scan must be one of {SCAN_METHODS}, got {self.scan!r}.")
         if self.modal and not self.state_sizes:
@@ -356,6 +362,10 @@ def inject_hrm(model: nn.Module, config: HRMConfig, skip: list[str]) -> list[str
                 base, d_model, size, gate_init=config.gate_init, dt_min=config.dt_min,
                 dt_max=config.dt_max, scan=config.scan, post_ln=post_ln, device=device,
             )  # fmt: skip
+        if config.train == "gate":  # e.g. fine-tune a reduced adapter's gates only
+            for param_name, param in layer.named_parameters():
+                if not param_name.startswith("base_layer.") and param_name != "gate":
+                    param.requires_grad_(False)
         replace_module(model, name, layer)
     return names
 
