@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
+from pathlib import Path
 
 from jsonargparse import auto_cli, set_parsing_settings
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -40,7 +42,7 @@ class SsmloraCLI(LightningCLI):
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 
 
-def reduce(adapter: str, out: str, eps: float = 0.1) -> None:
+def reduce(adapter: str, out: str, eps: float = 0.1, train: str = "all") -> None:
     """Balanced truncation of a trained HRM adapter (spec §4.3): Hankel singular values, order
     from eps, complex modes so the reduced adapter still runs through the FFT scan.
 
@@ -48,10 +50,18 @@ def reduce(adapter: str, out: str, eps: float = 0.1) -> None:
         adapter: Folder of a trained HRM adapter (as written by fit's export).
         out: Folder for the reduced adapter, hankel_singular_values.json and reduction_report.json.
         eps: Keep the states whose Hankel singular value is at least eps times the largest.
+        train: What a later fit from the reduced adapter trains: ``all`` or ``gate`` (only the
+            gates; use it with ``--model.adapter null --model.init_adapter_from OUT``).
     """
     from ssmlora_app.adapters.hrm_reduce import reduce_hrm_adapter
 
+    if train not in ("all", "gate"):
+        raise SsmloraError(f"--train must be 'all' or 'gate', got {train!r}.")
     report = reduce_hrm_adapter(adapter, eps, out)
+    config_path = Path(out) / "adapter_config.json"
+    meta = json.loads(config_path.read_text())
+    meta["ssmlora"]["config"]["train"] = train
+    config_path.write_text(json.dumps(meta, indent=2) + "\n")
     print(report.summary())
     print(f"Reduced adapter written to {out}")
 

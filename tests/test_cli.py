@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ssmlora_app.adapters import read_adapter_config
 from ssmlora_app.cli import main
 from tests.conftest import REPO
 
@@ -125,8 +126,21 @@ def test_hrm_fit_reduce_then_validate_the_reduced_adapter(tmp_path, caplog, caps
     quick = ["--trainer.max_epochs=1", "--data.max_train_samples=128", "--data.max_eval_samples=64"]
     run = fit(tmp_path, llama, hrm, *quick, version="hrm")
     reduced = tmp_path / "reduced"
-    main(["reduce", "--adapter", str(run / "adapter"), "--out", str(reduced), "--eps", "0.1"])
+    main(
+        [
+            "reduce",
+            "--adapter",
+            str(run / "adapter"),
+            "--out",
+            str(reduced),
+            "--eps",
+            "0.1",
+            "--train",
+            "gate",
+        ]
+    )
     assert "SSM parameters" in capsys.readouterr().out
+    assert read_adapter_config(reduced).train == "gate"
     assert (reduced / "hankel_singular_values.json").is_file()
     caplog.clear()
     main(
