@@ -8,11 +8,11 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import auto_cli, set_parsing_settings
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ssmlora_app.adapters import AdapterConfig
-from ssmlora_app.callbacks import ExportAdapter, FitSummary, HRMDiagnostics
+from ssmlora_app.callbacks import ExportAdapter, FitSummary, HRMDiagnostics, LRMonitor
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks.datamodule import TaskDataModule
@@ -34,7 +34,7 @@ class SsmloraCLI(LightningCLI):
         # Callbacks every run has, each configurable in YAML under its own key.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(LRMonitor, "lr_monitor")
         parser.add_lightning_class_args(ExportAdapter, "export")
         parser.add_lightning_class_args(FitSummary, "summary")
         parser.add_lightning_class_args(HRMDiagnostics, "hrm_diagnostics")
