@@ -171,11 +171,11 @@ def test_init_and_config_errors():
         2 * 8 * D + 2 * 8 + 1
     )
     with pytest.raises(SsmloraError, match="scan"):
-        HRMConfig(scan="parallel")
+        HRMConfig(scan="parallel").validate()
     with pytest.raises(SsmloraError, match="d_state"):
-        HRMConfig(d_state=0)
+        inject_adapters(tiny("llama"), HRMConfig(d_state=0))
     with pytest.raises(SsmloraError, match="dt_min"):
-        HRMConfig(dt_min=0.1, dt_max=0.01)
+        HRMConfig(dt_min=0.1, dt_max=0.01).validate()
     with pytest.raises(SsmloraError, match="matches no layer"):
         inject_adapters(tiny("llama"), HRMConfig(target_modules=["q_proj"]))
 
