@@ -10,6 +10,7 @@ from torch import nn
 
 from ssmlora_app.adapters.base import AdapterConfig
 from ssmlora_app.adapters.lora import LoRAConfig, inject_lora, peft_config_fields
+from ssmlora_app.adapters.ssmlora import SSMLoRAConfig, inject_ssmlora
 from ssmlora_app.errors import SsmloraError
 
 
@@ -28,6 +29,7 @@ class AdapterSpec:
 ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType(
     {
         LoRAConfig.adapter_type: AdapterSpec(LoRAConfig, inject_lora, peft_config_fields),
+        SSMLoRAConfig.adapter_type: AdapterSpec(SSMLoRAConfig, inject_ssmlora),
     }
 )
 
