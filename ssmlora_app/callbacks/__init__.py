@@ -1,6 +1,7 @@
 """Lightning callbacks of the app."""
 
 from ssmlora_app.callbacks.export import ExportAdapter
+from ssmlora_app.callbacks.ssmlora_diagnostics import SSMLoRADiagnostics
 from ssmlora_app.callbacks.summary import FitSummary
 
-__all__ = ["ExportAdapter", "FitSummary"]
+__all__ = ["ExportAdapter", "FitSummary", "SSMLoRADiagnostics"]
