@@ -289,6 +289,7 @@ def inject_ssmlora(model: nn.Module, config: SSMLoRAConfig, skip: list[str]) -> 
     state_chain = StateChain()
     for name, (chain, position) in assign_chains(names, config).items():
         base = model.get_submodule(name)
-        replace_module(model, name, SSMLoRALinear(base, config, state_chain, chain, position))
+        layer = SSMLoRALinear(base, config, state_chain, chain, position)
+        replace_module(model, name, layer.train(base.training))  # keep the model's mode
     model.register_forward_pre_hook(state_chain.reset)
     return names
