@@ -10,10 +10,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import copy
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -91,8 +93,8 @@ def tiny(model_type: str = "roberta", seed: int = 0):
     return AutoModelForSequenceClassification.from_config(config).eval()
 
 
-def meta(model_type: str, **fields):
-    config = AutoConfig.for_model(model_type, num_labels=2, **fields)
+def meta(model_type: str, num_labels: int = 2, **fields):
+    config = AutoConfig.for_model(model_type, num_labels=num_labels, **fields)
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config)
 
@@ -513,3 +515,42 @@ def test_diagnostics_and_callback():
     callback.on_train_batch_end(trainer, module, None, None, 2)
     assert [step for step, _ in logged] == [4]
     assert logged[0][1].keys() == metrics.keys()
+
+
+# ---- shipped configs ---------------------------------------------------------------------------
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BACKBONES = {"roberta-base": ("roberta", {}), "roberta-large": ("roberta", ROBERTA_LARGE)}
+BACKBONES["gpt2"] = ("gpt2", {})
+NUM_LABELS = {"stsb": 1, "mnli": 3}
+SST2_COUNTS = {"roberta-base": 1_057_040, "roberta-large": 396_288, "gpt2": 148_224}
+SSMLORA_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if "SSMLoRAConfig" in p.read_text())
+
+
+def test_every_glue_task_has_ssmlora_configs():
+    tasks = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
+    expected = {f"roberta_{t}.yaml" for t in tasks}
+    expected |= {f"roberta-large_{t}_sparse.yaml" for t in ["sst2", "rte", "cola", "mrpc", "qnli"]}
+    expected.add("gpt2_sst2_sparse.yaml")
+    assert expected <= set(SSMLORA_CONFIGS)
+
+
+@pytest.mark.parametrize("name", SSMLORA_CONFIGS)
+def test_ssmlora_config_instantiates(name):
+    """The adapter section builds an SSMLoRAConfig that injects into the named backbone's shapes
+    (meta device, no download) with the documented parameter count."""
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    adapter = config["model"]["adapter"]
+    assert adapter["class_path"] == "ssmlora_app.adapters.SSMLoRAConfig"
+    ssmlora = SSMLoRAConfig(**adapter["init_args"])
+    backbone = config["model"]["backbone"]["name_or_path"]
+    model_type, fields = BACKBONES[backbone]
+    task = config["data"]["task"]
+    model = inject_adapters(meta(model_type, NUM_LABELS.get(task, 2), **fields), ssmlora)
+    count = count_trainable_parameters(model, include_head=False)
+    expected = sum(
+        R * (m.W_a.shape[0] + m.W_b.shape[1]) + 2 * R * R for m in ssm_layers(model).values()
+    )
+    assert count == expected
+    if task == "sst2":
+        assert count == SST2_COUNTS[backbone]
