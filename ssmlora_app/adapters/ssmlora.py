@@ -90,7 +90,9 @@ class SSMLoRAConfig(AdapterConfig):
 
     detach_state: bool = True
     """Detach the passed state from autograd (paper). False backpropagates through depth along
-    the chain (cheap: one r×r product per step)."""
+    the chain (cheap: one r×r product per step); with activation checkpointing it needs the
+    non-reentrant kind (``use_reentrant: False``), whose recomputation keeps the stored states'
+    graph (the reentrant kind runs the first pass without a graph)."""
 
     chains: Literal["type"] | dict[str, str | list[str]] = "type"
     """How adapted modules form chains. ``type``: one chain per module type across layers
