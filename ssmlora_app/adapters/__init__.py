@@ -24,6 +24,9 @@ from ssmlora_app.adapters.inject import (
 from ssmlora_app.adapters.io import load_adapter, read_adapter_config, save_adapter
 from ssmlora_app.adapters.lora import LoRAConfig, LoRALinear
 from ssmlora_app.adapters.registry import ADAPTERS
+from ssmlora_app.adapters.ssmlora import SSMLoRAConfig, SSMLoRALinear
+from ssmlora_app.adapters.ssmlora_presets import lora_baseline_config
+from ssmlora_app.adapters.ssmlora_stats import ssmlora_diagnostics
 
 __all__ = [
     "ADAPTERS",
@@ -34,6 +37,8 @@ __all__ = [
     "HRMModalLayer",
     "LoRAConfig",
     "LoRALinear",
+    "SSMLoRAConfig",
+    "SSMLoRALinear",
     "adapter_config",
     "adapter_state_dict",
     "count_parameters",
@@ -42,8 +47,10 @@ __all__ = [
     "hrm_generation",
     "inject_adapters",
     "load_adapter",
+    "lora_baseline_config",
     "merge_adapters",
     "read_adapter_config",
     "save_adapter",
+    "ssmlora_diagnostics",
     "unmerge_adapters",
 ]
