@@ -87,8 +87,8 @@ TINY = {
 }
 
 
-def tiny(model_type: str = "roberta", seed: int = 0):
-    config = AutoConfig.for_model(model_type, num_labels=2, **TINY[model_type])
+def tiny(model_type: str = "roberta", seed: int = 0, num_labels: int = 2):
+    config = AutoConfig.for_model(model_type, num_labels=num_labels, **TINY[model_type])
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(config).eval()
 
@@ -554,3 +554,21 @@ def test_ssmlora_config_instantiates(name):
     assert count == expected
     if task == "sst2":
         assert count == SST2_COUNTS[backbone]
+
+
+def test_full_model_adapter_initialises_another_task_without_its_head(tmp_path):
+    """The LoRA/SSMLoRA GLUE recipe starts MRPC from the MNLI adapter (3 labels -> 2)."""
+    from ssmlora_app.adapters import load_adapter, save_adapter
+
+    mnli = inject_adapters(tiny(num_labels=3), SSMLoRAConfig(preset="full_model"))
+    randomise_state_params(mnli)
+    save_adapter(mnli, tmp_path / "mnli")
+    mrpc = inject_adapters(tiny(num_labels=2), SSMLoRAConfig(preset="full_model"))
+    with pytest.raises(SsmloraError, match="does not fit"):
+        load_adapter(mrpc, tmp_path / "mnli")
+    load_adapter(mrpc, tmp_path / "mnli", load_head=False)
+    source = dict(mnli.named_parameters())
+    loaded = [
+        n for n, p in mrpc.named_parameters() if "W_" in n and not n.startswith("classifier.")
+    ]
+    assert loaded and all(torch.equal(dict(mrpc.named_parameters())[n], source[n]) for n in loaded)

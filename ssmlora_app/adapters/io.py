@@ -18,7 +18,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ssmlora_app.adapters.base import AdapterConfig
-from ssmlora_app.adapters.inject import adapter_config, adapter_state_dict, inject_adapters
+from ssmlora_app.adapters.inject import (
+    adapter_config,
+    adapter_state_dict,
+    default_head,
+    inject_adapters,
+)
 from ssmlora_app.adapters.registry import get_spec
 from ssmlora_app.errors import SsmloraError
 
@@ -95,8 +100,9 @@ def load_adapter(
 ) -> nn.Module:
     """Load a saved adapter into ``model``, injecting it first if ``model`` has none.
 
-    Every adapter tensor must be present with the right shape; the head is loaded when
-    ``load_head`` (else left as it is, e.g. a new head for another task). Returns ``model``.
+    Every adapter tensor must be present with the right shape; the head (``modules_to_save`` and
+    the top-level ``classifier``/``score``/``pooler``, adapted or not) is loaded when
+    ``load_head``, else left as it is (e.g. a new head for another task). Returns ``model``.
     """
     saved = read_adapter_config(directory)
     if not hasattr(model, "ssmlora_config"):
@@ -109,7 +115,9 @@ def load_adapter(
         )
     tensors = read_adapter_weights(directory)
     expected = adapter_state_dict(model)
-    heads = current.modules_to_save or []
+    # The head: fully trained modules, and the top-level head modules an adapter may wrap
+    # (SSMLoRA's full_model preset adapts the classifier's linears).
+    heads = set(current.modules_to_save or []) | set(default_head(model))
     problems = []
     to_load = {}
     for key, target in expected.items():
