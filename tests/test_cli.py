@@ -1,5 +1,6 @@
 """The ssmlora command end to end on the offline quickstart: fit, resume, export, bad input."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -7,10 +8,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from ssmlora_app.adapters import read_adapter_config
+from ssmlora_app.adapters import count_trainable_parameters, inject_adapters, read_adapter_config
 from ssmlora_app.cli import main
+from ssmlora_app.tasks import get_task
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
@@ -157,3 +161,39 @@ def test_hrm_fit_reduce_then_validate_the_reduced_adapter(tmp_path, caplog, caps
         ]
     )
     assert "val/accuracy" in caplog.text or "val/accuracy" in capsys.readouterr().out
+
+
+# Shapes of the hub backbones the shipped configs name (their config.json values), so every
+# config's adapter is injected into the real architecture on the meta device, offline.
+HUB_SHAPES = {
+    "roberta-base": {"model_type": "roberta"},
+    "roberta-large": {"model_type": "roberta", "hidden_size": 1024, "num_hidden_layers": 24,
+                      "num_attention_heads": 16, "intermediate_size": 4096},
+    "gpt2": {"model_type": "gpt2"},
+}  # fmt: skip
+
+
+def _hub_configs():
+    for path in CONFIGS:
+        config = yaml.safe_load(path.read_text())
+        if config.get("model", {}).get("backbone", {}).get("name_or_path"):
+            yield path
+
+
+@pytest.mark.parametrize("path", list(_hub_configs()), ids=lambda p: p.name)
+def test_every_hub_config_injects_into_its_backbone_shapes(path):
+    config = yaml.safe_load(path.read_text())
+    backbone = config["model"]["backbone"]["name_or_path"]
+    assert backbone in HUB_SHAPES, f"add {backbone}'s shapes to HUB_SHAPES"
+    fields = dict(HUB_SHAPES[backbone])
+    spec = config["model"]["adapter"]
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    adapter = getattr(importlib.import_module(module_name), class_name)(**spec.get("init_args", {}))
+    task = get_task(config["data"]["task"])
+    model_config = AutoConfig.for_model(
+        fields.pop("model_type"), num_labels=task.num_labels, **fields
+    )
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(model_config)
+    inject_adapters(model, adapter)
+    assert count_trainable_parameters(model, include_head=False) > 0
