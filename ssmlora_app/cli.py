@@ -13,10 +13,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ssmlora_app.adapters import AdapterConfig
 from ssmlora_app.callbacks import (
+    CheckpointOnSigterm,
     ExportAdapter,
     FitSummary,
     HRMDiagnostics,
     LRMonitor,
+    NanGuard,
     SSMLoRADiagnostics,
 )
 from ssmlora_app.errors import SsmloraError
@@ -28,6 +30,7 @@ TRAINER_DEFAULTS = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "runs", "name": "ssmlora"},
     },
+    "plugins": [{"class_path": "ssmlora_app.checkpoint_io.AtomicCheckpointIO"}],
 }
 
 
@@ -45,6 +48,8 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(FitSummary, "summary")
         parser.add_lightning_class_args(HRMDiagnostics, "hrm_diagnostics")
         parser.add_lightning_class_args(SSMLoRADiagnostics, "ssmlora_diagnostics")
+        parser.add_lightning_class_args(NanGuard, "nan_guard")
+        parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 

@@ -3,7 +3,18 @@
 from ssmlora_app.callbacks.export import ExportAdapter
 from ssmlora_app.callbacks.hrm_diagnostics import HRMDiagnostics
 from ssmlora_app.callbacks.lr_monitor import LRMonitor
+from ssmlora_app.callbacks.nan_guard import NanGuard, NonFiniteLossError
+from ssmlora_app.callbacks.sigterm import CheckpointOnSigterm
 from ssmlora_app.callbacks.ssmlora_diagnostics import SSMLoRADiagnostics
 from ssmlora_app.callbacks.summary import FitSummary
 
-__all__ = ["ExportAdapter", "FitSummary", "HRMDiagnostics", "LRMonitor", "SSMLoRADiagnostics"]
+__all__ = [
+    "CheckpointOnSigterm",
+    "ExportAdapter",
+    "FitSummary",
+    "HRMDiagnostics",
+    "LRMonitor",
+    "NanGuard",
+    "NonFiniteLossError",
+    "SSMLoRADiagnostics",
+]

@@ -1,0 +1,101 @@
+"""Faults: non-finite losses, SIGTERM, interrupted checkpoint writes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from ssmlora_app.adapters import LoRAConfig
+from ssmlora_app.backbone import BackboneConfig
+from ssmlora_app.callbacks import NanGuard, NonFiniteLossError
+from ssmlora_app.checkpoint_io import AtomicCheckpointIO
+from ssmlora_app.module import AdapterModule
+from ssmlora_app.tasks.datamodule import TaskDataModule
+from tests.conftest import REPO, TINY_ROBERTA
+
+
+class PoisonedModule(AdapterModule):
+    """Returns a NaN loss at the given global steps."""
+
+    poison_steps: tuple[int, ...] = ()
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.trainer.global_step in self.poison_steps else loss
+
+
+def _fit(tmp_path, guard, poison_steps):
+    data = TaskDataModule(
+        task="quickstart", batch_size=16, max_train_samples=96, max_eval_samples=32
+    )
+    fields = {k: v for k, v in TINY_ROBERTA.items() if k != "vocab_size"}
+    module = PoisonedModule(
+        BackboneConfig(config=fields), LoRAConfig(r=4), task_info=data.task_info
+    )
+    module.poison_steps = poison_steps
+    trainer = L.Trainer(max_epochs=2, callbacks=[guard], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, data)
+    return module, trainer
+
+
+def test_a_nan_loss_stops_training_naming_the_step(tmp_path):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss is nan at optimizer step 8 \(epoch 1\)"
+    ) as err:
+        _fit(tmp_path, NanGuard(), poison_steps=(8,))
+    assert "gradient_clip_val" in str(err.value)  # suggests remedies
+    checkpoints = list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert len(checkpoints) == 1  # epoch 0's, written before the bad step, still there
+    assert torch.load(checkpoints[0], weights_only=True)["global_step"] == 6
+
+
+def test_skip_batches_drops_only_the_bad_batches(tmp_path):
+    guard = NanGuard(skip_batches=True)
+    module, trainer = _fit(tmp_path, guard, poison_steps=(3, 7))
+    assert guard.skipped == 2
+    assert trainer.global_step == 12  # every batch still counts as a step
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert all(torch.isfinite(p).all() for p in trainable)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ssmlora_app", "fit", "--config", "configs/quickstart.yaml",
+         "--trainer.max_epochs=100", f"--trainer.logger.init_args.save_dir={tmp_path}",
+         "--trainer.logger.init_args.version=run", "--trainer.enable_progress_bar=false"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    run = tmp_path / "quickstart" / "run"
+    deadline = time.monotonic() + 240
+    while not list(run.glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # inside the first epochs
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=240)
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_file(), output
+    assert "SIGTERM: checkpoint saved" in output
+    checkpoint = torch.load(last, weights_only=True)
+    assert 0 < checkpoint["global_step"] < 100 * 63
