@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -38,7 +39,35 @@ def _tokenizer_of(backbone) -> str | None:
     return backbone.tokenizer or backbone.name_or_path
 
 
+def _check_writable(folder: str | None) -> None:
+    """Fail before training, not at the first checkpoint, when the run folder can't be written."""
+    if not folder:
+        return
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SsmloraError(f"Cannot create the log folder {path}: {err.strerror}.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SsmloraError(
+            f"The log folder {path} is not writable: choose another with "
+            "--trainer.logger.init_args.save_dir or --trainer.default_root_dir."
+        )
+
+
 class SsmloraCLI(LightningCLI):
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is None:
+            return
+        trainer = config.get("trainer", {})
+        logger = trainer.get("logger")
+        loggers = logger if isinstance(logger, list) else [logger]
+        for item in loggers:
+            init_args = getattr(item, "init_args", None) or {}
+            _check_writable(getattr(init_args, "save_dir", None) if init_args else None)
+        _check_writable(trainer.get("default_root_dir"))
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Callbacks every run has, each configurable in YAML under its own key.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

@@ -45,6 +45,7 @@ class AdapterModule(L.LightningModule):
         optimizer: OptimizerFactory = torch.optim.AdamW,
         scheduler: SchedulerFactory | None = LinearWarmupDecay,
         init_adapter_from: str | None = None,
+        gradient_checkpointing: bool = False,
         task_info: TaskInfo | None = None,
     ):
         """
@@ -58,6 +59,9 @@ class AdapterModule(L.LightningModule):
                 optimizer and the trainer's estimated number of steps. Null: constant lr.
             init_adapter_from: A saved adapter folder to start from (e.g. the MNLI adapter for
                 MRPC/RTE/STS-B); its head is loaded only if its shape fits this task.
+            gradient_checkpointing: Recompute the backbone's activations in the backward pass
+                (non-reentrant, so every adapter parameter still gets its gradient through a
+                frozen backbone): less memory, about a third more compute.
             task_info: Labels, metrics and tokenizer facts; linked from the data module by the CLI.
         """
         super().__init__()
@@ -86,6 +90,10 @@ class AdapterModule(L.LightningModule):
             pad_token_id=task_info.pad_token_id,
         )
         inject_adapters(self.model, adapter)
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if init_adapter_from is not None:
             self._init_from(init_adapter_from)
         self.strict_loading = False  # checkpoints omit the frozen backbone
@@ -120,6 +128,15 @@ class AdapterModule(L.LightningModule):
     def _prefix(self, stage: str, dataloader_idx: int) -> str:
         """``val``, or ``val_matched``/``val_mismatched`` for several evaluation splits."""
         return self.task_info.eval_splits[dataloader_idx].replace("validation", stage)
+
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision)
+        if stage == "fit" and precision in ("bf16-true", "16-true"):
+            raise SsmloraError(
+                f"trainer.precision={precision} would store the adapter weights in half precision, "
+                "where AdamW's small updates round to zero. Use bf16-mixed (or 16-mixed): the "
+                "frozen backbone's matmuls still run in half precision, the adapter stays fp32."
+            )
 
     def parameter_counts(self) -> dict[str, int]:
         return {

@@ -138,3 +138,26 @@ def test_injecting_twice_is_refused():
     model = inject_adapters(tiny_classifier(), LoRAConfig())
     with pytest.raises(SsmloraError, match="already has an adapter"):
         inject_adapters(model, LoRAConfig())
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = inject_adapters(
+            tiny_classifier(), LoRAConfig(r=4, target_modules=["query", "value"])
+        )
+        randomise(lambda n: "lora_B" in n, model)
+        model.train()
+        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        model(input_ids=_ids(), labels=torch.tensor([0, 1, 1])).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        assert grads[1][name] is not None and torch.allclose(grad, grads[1][name], atol=1e-6), name

@@ -116,6 +116,12 @@ def inject_lora(model: nn.Module, config: LoRAConfig, skip: list[str]) -> list[s
     )
     for name in names:
         base = model.get_submodule(name)
+        d_in, d_out = linear_dims(base)
+        if config.r > min(d_in, d_out):
+            raise SsmloraError(
+                f"LoRA rank r={config.r} exceeds the width of {name} ({d_in} -> {d_out}): a "
+                f"rank above {min(d_in, d_out)} adds parameters without adding capacity."
+            )
         replace_module(
             model, name, LoRALinear(base, config.r, config.alpha, config.dropout, config.use_rslora)
         )
