@@ -24,6 +24,7 @@ from ssmlora_app.adapters.inject import (
 from ssmlora_app.adapters.io import load_adapter, read_adapter_config, save_adapter
 from ssmlora_app.adapters.lora import LoRAConfig, LoRALinear
 from ssmlora_app.adapters.registry import ADAPTERS
+from ssmlora_app.adapters.sdt import SDTConfig, select_dimensions, start_warmup
 
 __all__ = [
     "ADAPTERS",
@@ -34,6 +35,7 @@ __all__ = [
     "HRMModalLayer",
     "LoRAConfig",
     "LoRALinear",
+    "SDTConfig",
     "adapter_config",
     "adapter_state_dict",
     "count_parameters",
@@ -45,5 +47,7 @@ __all__ = [
     "merge_adapters",
     "read_adapter_config",
     "save_adapter",
+    "select_dimensions",
+    "start_warmup",
     "unmerge_adapters",
 ]
