@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ssmlora_app.adapters import AdapterConfig
-from ssmlora_app.callbacks import ExportAdapter, FitSummary, HRMDiagnostics, LRMonitor
+from ssmlora_app.callbacks import ExportAdapter, FitSummary, HRMDiagnostics, LRMonitor, SDTSelection
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks.datamodule import TaskDataModule
@@ -38,6 +38,7 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(ExportAdapter, "export")
         parser.add_lightning_class_args(FitSummary, "summary")
         parser.add_lightning_class_args(HRMDiagnostics, "hrm_diagnostics")
+        parser.add_lightning_class_args(SDTSelection, "sdt_selection")
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 

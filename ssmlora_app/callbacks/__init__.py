@@ -3,6 +3,7 @@
 from ssmlora_app.callbacks.export import ExportAdapter
 from ssmlora_app.callbacks.hrm_diagnostics import HRMDiagnostics
 from ssmlora_app.callbacks.lr_monitor import LRMonitor
+from ssmlora_app.callbacks.sdt_selection import SDTSelection
 from ssmlora_app.callbacks.summary import FitSummary
 
-__all__ = ["ExportAdapter", "FitSummary", "HRMDiagnostics", "LRMonitor"]
+__all__ = ["ExportAdapter", "FitSummary", "HRMDiagnostics", "LRMonitor", "SDTSelection"]
