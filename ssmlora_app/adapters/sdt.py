@@ -202,10 +202,33 @@ class LoRAWeight(AdapterLayer):
 class _Phased(AdapterLayer):
     """An SSM-delta parametrization with a ``phase`` buffer that sets which tensors train."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, owner: nn.Module, name: str, device: torch.device):
         super().__init__()
+        object.__setattr__(self, "_owner", (owner, name))  # for merge; not a submodule
         self.register_buffer("phase", torch.tensor(IDLE, device=device))
         self._phase = IDLE
+        self.merged = False
+
+    def delta(self) -> Tensor:
+        """The update of the parametrised tensor, its shape, fp32."""
+        raise NotImplementedError
+
+    def forward(self, tensor: Tensor) -> Tensor:
+        return tensor if self.merged else tensor + self.delta().to(tensor.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            original = _original(*self._owner)
+            original += self.delta().to(original.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            original = _original(*self._owner)
+            original -= self.delta().to(original.dtype)
+            self.merged = False
 
     def set_phase(self, phase: int) -> None:
         self.phase.fill_(phase)
@@ -239,8 +262,9 @@ class SparseALog(_Phased):
     ``(0,)`` otherwise — all fp32, without weight decay.
     """
 
-    def __init__(self, a_log: Tensor, k_c: int, k_s: int):
-        super().__init__(a_log.device)
+    def __init__(self, mixer: nn.Module, k_c: int, k_s: int):
+        a_log = mixer.A_log
+        super().__init__(mixer, "A_log", a_log.device)
         self.shape = tuple(a_log.shape)
         device = a_log.device
         self.register_buffer("channels", torch.arange(k_c, device=device))
@@ -264,17 +288,16 @@ class SparseALog(_Phased):
         zeros = self.theta.new_zeros(self.shape)
         return zeros.index_put((self.channels[:, None], self.states), self.theta)
 
-    def forward(self, a_log: Tensor) -> Tensor:
-        return a_log + self.delta().to(a_log.dtype)
-
 
 class SparseBC(_Phased):
     """Parametrization of a Mamba-1 ``x_proj.weight (R + 2N, D)`` (rows ``[δ (R), B (N), C (N)]``,
     columns the input channels): ``θ_B``, ``θ_C (N, k_c)`` are added to the B and C rows at the
     selected channels' columns. Frozen while warming up."""
 
-    def __init__(self, weight: Tensor, dt_rank: int, n: int, k_c: int):
-        super().__init__(weight.device)
+    def __init__(self, x_proj: nn.Linear, dt_rank: int, n: int, k_c: int):
+        weight = x_proj.weight
+        super().__init__(x_proj, "weight", weight.device)
+        self.shape = tuple(weight.shape)
         device = weight.device
         self.dt_rank, self.n = dt_rank, n
         self.register_buffer("channels", torch.arange(k_c, device=device))
@@ -286,10 +309,10 @@ class SparseBC(_Phased):
         for p in (self.theta_B, self.theta_C):
             p.requires_grad_(self._phase != WARMUP)
 
-    def forward(self, weight: Tensor) -> Tensor:
-        rows = torch.arange(self.dt_rank, self.dt_rank + 2 * self.n, device=weight.device)
-        theta = torch.cat([self.theta_B, self.theta_C]).to(weight.dtype)  # (2N, k_c)
-        return weight.index_put((rows[:, None], self.channels[None, :]), theta, accumulate=True)
+    def delta(self) -> Tensor:
+        rows = torch.arange(self.dt_rank, self.dt_rank + 2 * self.n, device=self.theta_B.device)
+        theta = torch.cat([self.theta_B, self.theta_C])  # (2N, k_c)
+        return theta.new_zeros(self.shape).index_put((rows[:, None], self.channels[None, :]), theta)
 
 
 def _is_mamba_mixer(module: nn.Module) -> bool:
@@ -331,12 +354,10 @@ def inject_sdt(model: nn.Module, config: SDTConfig, skip: list[str]) -> list[str
             d, n = mixer.A_log.shape
             k_c, k_s = kept(d, config.channel_freeze), kept(n, config.state_freeze)
             if "A_log" in config.sparse_targets:
-                parametrize.register_parametrization(
-                    mixer, "A_log", SparseALog(mixer.A_log, k_c, k_s)
-                )
+                parametrize.register_parametrization(mixer, "A_log", SparseALog(mixer, k_c, k_s))
                 names.append(f"{name}.A_log")
             if "x_proj" in config.sparse_targets:
-                bc = SparseBC(mixer.x_proj.weight, mixer.time_step_rank, n, k_c)
+                bc = SparseBC(mixer.x_proj, mixer.time_step_rank, n, k_c)
                 parametrize.register_parametrization(mixer.x_proj, "weight", bc)
                 names.append(f"{name}.x_proj")
     if config.target_modules:
@@ -402,10 +423,13 @@ class LayerSelection:
 
 
 @torch.no_grad()
-def select_dimensions(model: nn.Module, num_zero: int = 0) -> dict[str, LayerSelection]:
+def select_dimensions(model: nn.Module, num_zero: int | None = None) -> dict[str, LayerSelection]:
     """End the warm-up (spec §3): score ``I = ΔA_log²``, keep the top channels by ``Σ_n I``, then
     the top states within each kept channel, write the masks, drop ``ΔA_log``, re-initialise
-    LoRA and enter ``SELECTED``. Returns the selection per mixer name."""
+    LoRA and enter ``SELECTED``. ``num_zero`` defaults to the injected config's. Returns the
+    selection per mixer name."""
+    if num_zero is None:
+        num_zero = getattr(getattr(model, "ssmlora_config", None), "num_zero", 0)
     selection = {}
     for name, mixer in model.named_modules():
         if not _is_mamba_mixer(mixer):
