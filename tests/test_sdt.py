@@ -123,6 +123,11 @@ def test_trainable_count_of_mamba_130m_shapes_is_455328():
     assert count_trainable_parameters(model) == 455_328 + 768 * 2
     assert a_log_delta(model).theta.shape == (15, 4)
     assert bc_delta(model).theta_B.shape == (16, 15)
+    # The parameter-matched LoRA baseline (configs/mamba-130m_<task>_lora.yaml): r=8 on out_proj.
+    with torch.device("meta"):
+        model = SSMForSequenceClassification(AutoModel.from_config(config))
+    inject_adapters(model, SDTConfig(r=8, sparse_targets=[]))
+    assert count_trainable_parameters(model, include_head=False) == 442_368
 
 
 def test_selection_takes_the_largest_squared_change_with_ties_to_the_lower_index():
