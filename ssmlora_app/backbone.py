@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
+    PretrainedConfig,
     PreTrainedModel,
 )
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils.import_utils import is_mambapy_available
 
 from ssmlora_app.errors import SsmloraError
 
@@ -67,6 +72,8 @@ def build_classifier(
     dict sets them.
     """
     kwargs = {"num_labels": num_labels, "problem_type": problem_type}
+    if _model_type(backbone) in SSM_MODEL_TYPES:
+        return build_ssm_classifier(backbone, kwargs, vocab_size, pad_token_id)
     if backbone.config is not None:
         fields = dict(backbone.config)
         model_type = fields.pop("model_type")
@@ -98,3 +105,105 @@ def build_classifier(
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # decoders (GPT-2, Llama) pool the last non-pad
     return model
+
+
+SSM_MODEL_TYPES = ("mamba", "mamba2")
+"""Backbones without a ``*ForSequenceClassification`` class in transformers: they get
+:class:`SSMForSequenceClassification`."""
+
+
+def _model_type(backbone: BackboneConfig) -> str | None:
+    if backbone.config is not None:
+        return backbone.config["model_type"]
+    try:
+        return AutoConfig.from_pretrained(
+            backbone.name_or_path,
+            revision=backbone.revision,
+            trust_remote_code=backbone.trust_remote_code,
+        ).model_type
+    except (OSError, ValueError):
+        return None  # from_pretrained below reports the problem
+
+
+class SSMForSequenceClassification(nn.Module):
+    """A Mamba / Mamba-2 base model with a linear ``score`` head on the last non-pad token.
+
+    ``input_ids (B, L)`` → hidden states ``(B, L, D_m)`` → the state at each row's last position
+    whose ``attention_mask`` is 1 (for right or left padding) → ``score`` → logits
+    ``(B, num_labels)``. The loss follows ``config.problem_type`` (cross-entropy, or MSE for
+    regression), like transformers' ``*ForSequenceClassification``. ``backbone`` is the model HF
+    names ``backbone`` inside ``MambaForCausalLM``, so hub checkpoints load into it.
+    """
+
+    def __init__(self, backbone: PreTrainedModel):
+        super().__init__()
+        self.config: PretrainedConfig = backbone.config
+        self.backbone = backbone
+        self.score = nn.Linear(self.config.hidden_size, self.config.num_labels, bias=False)
+        nn.init.normal_(self.score.weight, std=getattr(self.config, "initializer_range", 0.02))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **unused,  # token_type_ids etc. from tokenizers made for other models
+    ) -> SequenceClassifierOutput:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
+        if attention_mask is None:
+            pad = self.config.pad_token_id
+            attention_mask = (
+                torch.ones_like(input_ids) if pad is None else (input_ids != pad).long()
+            )
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last = (attention_mask.long() * (positions + 1)).argmax(-1)  # (B,)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        logits = self.score(pooled.to(self.score.weight.dtype))
+        loss = None
+        if labels is not None:
+            if self.config.problem_type == "regression":
+                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+            else:
+                loss = nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def build_ssm_classifier(
+    backbone: BackboneConfig, kwargs: dict, vocab_size: int | None, pad_token_id: int | None
+) -> SSMForSequenceClassification:
+    """:class:`SSMForSequenceClassification` over a Mamba / Mamba-2 base model, from a config dict
+    (random weights) or the hub. Uses ``mambapy``'s parallel scan on the pure-PyTorch path when
+    installed (the fused CUDA kernels, when present, take precedence in training)."""
+    extra = {"use_mambapy": True} if is_mambapy_available() else {}
+    if backbone.config is not None:
+        fields = dict(backbone.config)
+        model_type = fields.pop("model_type")
+        if vocab_size is not None:
+            fields.setdefault("vocab_size", vocab_size)
+            if fields["vocab_size"] < vocab_size:
+                raise SsmloraError(
+                    f"model.backbone.config.vocab_size={fields['vocab_size']} is smaller than the "
+                    f"tokenizer's {vocab_size} tokens."
+                )
+        if pad_token_id is not None:
+            fields.setdefault("pad_token_id", pad_token_id)
+        config = AutoConfig.for_model(model_type, **{**extra, **fields}, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(backbone.init_seed)
+            return SSMForSequenceClassification(AutoModel.from_config(config))
+    try:
+        base = AutoModel.from_pretrained(
+            backbone.name_or_path,
+            revision=backbone.revision,
+            trust_remote_code=backbone.trust_remote_code,
+            **extra,
+            **kwargs,
+        )
+    except OSError as err:
+        raise SsmloraError(
+            f"Cannot load backbone {backbone.name_or_path!r}: {err}. Give a hub id (with network "
+            "or a filled HF cache) or a local folder, or model.backbone.config for random weights."
+        ) from None
+    if base.config.pad_token_id is None and pad_token_id is not None:
+        base.config.pad_token_id = pad_token_id
+    return SSMForSequenceClassification(base)

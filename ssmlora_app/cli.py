@@ -20,6 +20,7 @@ from ssmlora_app.callbacks import (
     HRMDiagnostics,
     LRMonitor,
     NanGuard,
+    SDTSelection,
     SSMLoRADiagnostics,
 )
 from ssmlora_app.errors import SsmloraError
@@ -79,6 +80,7 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(SSMLoRADiagnostics, "ssmlora_diagnostics")
         parser.add_lightning_class_args(NanGuard, "nan_guard")
         parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
+        parser.add_lightning_class_args(SDTSelection, "sdt_selection")
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 

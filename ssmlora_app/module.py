@@ -181,7 +181,9 @@ class AdapterModule(L.LightningModule):
         optimizer = self.optimizer_factory(param_groups(self.model))
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, int(self.trainer.estimated_stepping_batches))
+        # The steps left: all of them, or fewer when rebuilt mid-run (SDT after its warm-up).
+        total_steps = int(self.trainer.estimated_stepping_batches) - self.trainer.global_step
+        scheduler = self.scheduler_factory(optimizer, total_steps)
         if isinstance(scheduler, ReduceLROnPlateau):
             config = {"scheduler": scheduler, "interval": "epoch", "monitor": scheduler.monitor}
         else:

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ssmlora_app.adapters import count_trainable_parameters, inject_adapters, read_adapter_config
+from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.cli import main
 from ssmlora_app.tasks import get_task
 from tests.conftest import REPO
@@ -180,6 +180,8 @@ HUB_SHAPES = {
     "roberta-large": {"model_type": "roberta", "hidden_size": 1024, "num_hidden_layers": 24,
                       "num_attention_heads": 16, "intermediate_size": 4096},
     "gpt2": {"model_type": "gpt2"},
+    "state-spaces/mamba-130m-hf": {"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24,
+                                   "state_size": 16, "expand": 2, "vocab_size": 50280},
 }  # fmt: skip
 
 
@@ -200,11 +202,9 @@ def test_every_hub_config_injects_into_its_backbone_shapes(path):
     module_name, _, class_name = spec["class_path"].rpartition(".")
     adapter = getattr(importlib.import_module(module_name), class_name)(**spec.get("init_args", {}))
     task = get_task(config["data"]["task"])
-    model_config = AutoConfig.for_model(
-        fields.pop("model_type"), num_labels=task.num_labels, **fields
-    )
+    problem = "regression" if task.is_regression else "single_label_classification"
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(model_config)
+        model = build_classifier(BackboneConfig(config=fields), task.num_labels, problem)
     inject_adapters(model, adapter)
     assert count_trainable_parameters(model, include_head=False) > 0
 

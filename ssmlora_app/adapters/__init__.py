@@ -24,6 +24,7 @@ from ssmlora_app.adapters.inject import (
 from ssmlora_app.adapters.io import load_adapter, read_adapter_config, save_adapter
 from ssmlora_app.adapters.lora import LoRAConfig, LoRALinear
 from ssmlora_app.adapters.registry import ADAPTERS
+from ssmlora_app.adapters.sdt import SDTConfig, select_dimensions, start_warmup
 from ssmlora_app.adapters.ssmlora import SSMLoRAConfig, SSMLoRALinear
 from ssmlora_app.adapters.ssmlora_presets import lora_baseline_config
 from ssmlora_app.adapters.ssmlora_stats import ssmlora_diagnostics
@@ -37,6 +38,7 @@ __all__ = [
     "HRMModalLayer",
     "LoRAConfig",
     "LoRALinear",
+    "SDTConfig",
     "SSMLoRAConfig",
     "SSMLoRALinear",
     "adapter_config",
@@ -51,6 +53,8 @@ __all__ = [
     "merge_adapters",
     "read_adapter_config",
     "save_adapter",
+    "select_dimensions",
     "ssmlora_diagnostics",
+    "start_warmup",
     "unmerge_adapters",
 ]

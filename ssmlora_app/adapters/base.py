@@ -48,7 +48,9 @@ class AdapterLayer(nn.Module):
     """Marker base class of adapter layers that wrap a frozen ``base_layer``.
 
     Everything a subclass registers besides ``base_layer`` belongs to the adapter and is what
-    :func:`ssmlora_app.adapters.io.save_adapter` writes.
+    :func:`ssmlora_app.adapters.io.save_adapter` writes. A layer may instead be a weight
+    parametrization (``torch.nn.utils.parametrize``, used by SDT): it has no ``base_layer`` and
+    the frozen tensor stays outside it, at ``<module>.parametrizations.<name>.original``.
     """
 
     base_layer: nn.Module

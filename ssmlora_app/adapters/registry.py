@@ -11,6 +11,7 @@ from torch import nn
 from ssmlora_app.adapters.base import AdapterConfig
 from ssmlora_app.adapters.hrm import HRMConfig, inject_hrm
 from ssmlora_app.adapters.lora import LoRAConfig, inject_lora, peft_config_fields
+from ssmlora_app.adapters.sdt import SDTConfig, inject_sdt
 from ssmlora_app.adapters.ssmlora import SSMLoRAConfig, inject_ssmlora
 from ssmlora_app.errors import SsmloraError
 
@@ -32,6 +33,7 @@ ADAPTERS: Mapping[str, AdapterSpec] = MappingProxyType(
         LoRAConfig.adapter_type: AdapterSpec(LoRAConfig, inject_lora, peft_config_fields),
         HRMConfig.adapter_type: AdapterSpec(HRMConfig, inject_hrm),
         SSMLoRAConfig.adapter_type: AdapterSpec(SSMLoRAConfig, inject_ssmlora),
+        SDTConfig.adapter_type: AdapterSpec(SDTConfig, inject_sdt),
     }
 )
 
