@@ -8,7 +8,9 @@ from types import MappingProxyType
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks.base import Task, TaskInfo
+from ssmlora_app.tasks.byte_lm import ByteLMTask
 from ssmlora_app.tasks.glue import GLUE_TASKS
+from ssmlora_app.tasks.longctx import NarrativeQATask, QMSumTask, QualityTask
 from ssmlora_app.tasks.state_tracking import (
     DFATask,
     ParityTask,
@@ -25,6 +27,10 @@ TASKS: Mapping[str, Task] = MappingProxyType(
         "parity": ParityTask(),
         "word_problem": WordProblemTask(),
         "word_problem_csv": WordProblemCSVTask(),
+        "byte_lm": ByteLMTask(),
+        "quality": QualityTask(),
+        "qmsum": QMSumTask(),
+        "narrativeqa": NarrativeQATask(),
     }
 )
 

@@ -182,6 +182,12 @@ class TaskDataModule(L.LightningDataModule):
         if limit is not None and limit < len(ds):
             ds = ds.shuffle(seed=hp.sample_seed).select(range(limit))
         if is_lm:
+            missing = [c for c in LM_COLUMNS if c not in ds.column_names]
+            if missing:
+                raise SsmloraError(
+                    f"Task {self.task.name!r} split {split!r} lacks the causal-LM columns "
+                    f"{missing} (see ssmlora_app.tasks.base.LMTask)."
+                )
             return ds.map(
                 partial(encode_lm_example, tokenizer=self.tokenizer, fmt=self.lm_format),
                 remove_columns=[c for c in ds.column_names if c not in ("label", "references")],
