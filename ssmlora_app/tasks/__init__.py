@@ -17,11 +17,13 @@ from ssmlora_app.tasks.state_tracking import (
     WordProblemCSVTask,
     WordProblemTask,
 )
+from ssmlora_app.tasks.superglue import SUPERGLUE_TASKS
 from ssmlora_app.tasks.synthetic import WordSentimentTask
 
 TASKS: Mapping[str, Task] = MappingProxyType(
     {
         **GLUE_TASKS,
+        **SUPERGLUE_TASKS,
         "quickstart": WordSentimentTask(),
         "dfa": DFATask(),
         "parity": ParityTask(),
