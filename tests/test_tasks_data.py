@@ -91,7 +91,14 @@ def test_dfa_token_layout_and_known_answer():
     task = get_task("dfa", {"n_states": 4, "train_length": 12, "train_size": 20, "eval_size": 5})
     tok = task.builtin_tokenizer()
     n = 4
-    assert tok.convert_tokens_to_ids(["0", "3", "|", "a", "b", "?"]) == [0, 3, n, n + 1, n + 2, n + 3]
+    assert tok.convert_tokens_to_ids(["0", "3", "|", "a", "b", "?"]) == [
+        0,
+        3,
+        n,
+        n + 1,
+        n + 2,
+        n + 3,
+    ]
     for prompt, target, final in task.examples("train"):
         words = prompt
         assert len(words) == 2 * n + 1 + 12 + 1 and words[2 * n] == "|" and words[-1] == "?"
