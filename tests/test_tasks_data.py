@@ -52,7 +52,7 @@ def test_leval_layout_for_narrativeqa_and_bad_folder(shared_data, tmp_path):
     task = get_task("narrativeqa", {"file": "open-ended/natural_question.jsonl"})
     ds = task.load_lm_split("validation", str(leval))
     assert len(ds) > 0 and all(r["references"] for r in ds)
-    with pytest.raises(SsmloraError, match="narrative_qa.jsonl"):
+    with pytest.raises(SsmloraError, match=r"narrative_qa\.jsonl"):
         get_task("narrativeqa").check_data_dir(str(tmp_path))
 
 
@@ -130,7 +130,7 @@ def test_groups():
     swap, cycle = (1, 0, 2), (1, 2, 0)
     assert running_products("S", 3, [swap, cycle])[-1] == (2, 1, 0)  # (p·g)[i] = g[p[i]]
     task = get_task("word_problem", {"group": "Z", "n": 5, "train_length": 6, "train_size": 5})
-    for prompt, target, final in task.examples("train"):
+    for prompt, target, _final in task.examples("train"):
         values = [int(w[1:]) for w in prompt[:-1]]
         assert [int(w[1:]) for w in target] == [sum(values[: i + 1]) % 5 for i in range(6)]
     with pytest.raises(SsmloraError, match="does not take"):
@@ -169,7 +169,7 @@ def test_superglue_local_original_format(tmp_path):
         [{"text": "t", "target": {"span1_text": "A", "span2_text": "it"}, "label": True}],
     )
     assert get_task("wsc").load_split("validation", str(tmp_path))[0]["label"] == 1
-    with pytest.raises(SsmloraError, match="BoolQ/val.jsonl"):
+    with pytest.raises(SsmloraError, match=r"BoolQ/val\.jsonl"):
         get_task("boolq").check_data_dir(str(tmp_path))
 
 
