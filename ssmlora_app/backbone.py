@@ -9,6 +9,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
@@ -207,3 +208,43 @@ def build_ssm_classifier(
     if base.config.pad_token_id is None and pad_token_id is not None:
         base.config.pad_token_id = pad_token_id
     return SSMForSequenceClassification(base)
+
+
+def build_causal_lm(
+    backbone: BackboneConfig, vocab_size: int | None = None, pad_token_id: int | None = None
+) -> PreTrainedModel:
+    """A ``*ForCausalLM`` model (its own LM head, frozen like the rest of the backbone).
+
+    A ``config`` backbone takes ``vocab_size``/``pad_token_id`` from the tokenizer unless its
+    dict sets them (a byte-level task: 256 or 258 tokens).
+    """
+    if backbone.config is not None:
+        fields = dict(backbone.config)
+        model_type = fields.pop("model_type")
+        if vocab_size is not None:
+            fields.setdefault("vocab_size", vocab_size)
+            if fields["vocab_size"] < vocab_size:
+                raise SsmloraError(
+                    f"model.backbone.config.vocab_size={fields['vocab_size']} is smaller than the "
+                    f"tokenizer's {vocab_size} tokens."
+                )
+        if pad_token_id is not None:
+            fields.setdefault("pad_token_id", pad_token_id)
+        config = AutoConfig.for_model(model_type, **fields)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(backbone.init_seed)
+            return AutoModelForCausalLM.from_config(config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            backbone.name_or_path,
+            revision=backbone.revision,
+            trust_remote_code=backbone.trust_remote_code,
+        )
+    except OSError as err:
+        raise SsmloraError(
+            f"Cannot load backbone {backbone.name_or_path!r}: {err}. Give a hub id (with network "
+            "or a filled HF cache) or a local folder, or model.backbone.config for random weights."
+        ) from None
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model

@@ -17,22 +17,26 @@ from ssmlora_app.adapters import (
     adapter_state_dict,
     count_parameters,
     count_trainable_parameters,
+    hrm_generation,
     inject_adapters,
     load_adapter,
     read_adapter_config,
 )
-from ssmlora_app.backbone import BackboneConfig, build_classifier
+from ssmlora_app.backbone import BackboneConfig, build_causal_lm, build_classifier
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.optim import LinearWarmupDecay, param_groups
 from ssmlora_app.tasks import TaskInfo
-from ssmlora_app.tasks.metrics import build_metrics
+from ssmlora_app.tasks.metrics import build_metrics, teacher_forced_stats
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[[Optimizer, int], LRScheduler | ReduceLROnPlateau]
 
 
 class AdapterModule(L.LightningModule):
-    """Fine-tunes a frozen backbone through an adapter for one classification/regression task.
+    """Fine-tunes a frozen backbone through an adapter for one task: classification/regression
+    with a sequence-classification head, or causal LM (``task_info.objective``) with the model's
+    own LM head, the loss on the target tokens only, and evaluation by option log-likelihood,
+    greedy generation or teacher forcing (``task_info.lm_eval``).
 
     Checkpoints hold the adapter, the head and the optimizer/scheduler state, never the frozen
     backbone, which is rebuilt from ``backbone`` on load.
@@ -82,13 +86,16 @@ class AdapterModule(L.LightningModule):
         self.task_info = task_info
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.model = build_classifier(
-            backbone,
-            num_labels=task_info.num_labels,
-            problem_type=task_info.problem_type,
-            vocab_size=task_info.vocab_size,
-            pad_token_id=task_info.pad_token_id,
-        )
+        if self.is_causal_lm:
+            self.model = build_causal_lm(backbone, task_info.vocab_size, task_info.pad_token_id)
+        else:
+            self.model = build_classifier(
+                backbone,
+                num_labels=task_info.num_labels,
+                problem_type=task_info.problem_type,
+                vocab_size=task_info.vocab_size,
+                pad_token_id=task_info.pad_token_id,
+            )
         inject_adapters(self.model, adapter)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(
@@ -110,6 +117,10 @@ class AdapterModule(L.LightningModule):
                 **self.parameter_counts(),
             }
         )
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.task_info.objective == "causal_lm"
 
     def _init_from(self, directory: str) -> None:
         try:
@@ -159,6 +170,9 @@ class AdapterModule(L.LightningModule):
         return loss
 
     def _evaluate(self, batch: dict, dataloader_idx: int, stage: str, metrics) -> None:
+        if self.is_causal_lm:
+            self._evaluate_lm(batch, dataloader_idx, stage, metrics)
+            return
         out = self.model(**batch)
         prefix = self._prefix(stage, dataloader_idx)
         size = batch["input_ids"].shape[0]
@@ -167,13 +181,73 @@ class AdapterModule(L.LightningModule):
         collection.update(self._predictions(out.logits), batch["labels"])
         self.log_dict(collection, add_dataloader_idx=False, batch_size=size, prog_bar=True)
 
+    # Causal LM: the batch layout is CausalLMCollator's.
+    @staticmethod
+    def _lm_inputs(batch: dict, prefix: str = "") -> dict:
+        return {
+            "input_ids": batch[f"{prefix}input_ids"],
+            "attention_mask": batch[f"{prefix}attention_mask"],
+        }
+
+    def _evaluate_lm(self, batch: dict, dataloader_idx: int, stage: str, metrics) -> None:
+        prefix = self._prefix(stage, dataloader_idx)
+        size = batch["input_ids"].shape[0]
+        logits = self.model(**self._lm_inputs(batch)).logits
+        nll, correct, tokens = teacher_forced_stats(logits, batch["labels"])
+        loss = nll.sum() / tokens.sum().clamp(min=1)
+        self.log(f"{prefix}/loss", loss, add_dataloader_idx=False, batch_size=size)
+        collection = metrics[dataloader_idx]
+        mode = self.task_info.lm_eval
+        if mode == "teacher_forced":
+            collection.update(nll, correct, tokens)
+        elif mode == "choice":
+            collection.update(self.choose(batch), batch["choice_label"])
+        else:
+            collection.update(self.generate_text(batch), batch["references"])
+        self.log_dict(collection, add_dataloader_idx=False, batch_size=size, prog_bar=True)
+
+    def choose(self, batch: dict) -> torch.Tensor:
+        """Index of the option with the highest summed log-likelihood, (B,)."""
+        logits = self.model(**self._lm_inputs(batch, "choice_")).logits
+        nll, _, _ = teacher_forced_stats(logits, batch["choice_labels"])
+        scores = torch.split(-nll, batch["num_choices"].tolist())
+        return torch.stack([s.argmax() for s in scores])
+
+    def generate_ids(self, batch: dict) -> list[torch.Tensor]:
+        """Greedy continuations (KV cache, ``max_new_tokens``) of each prompt, one prompt at a
+        time: no padding reaches the model, so sequence adapters (HRM) read only real tokens."""
+        outputs = []
+        for row, length in zip(batch["prompt_ids"], batch["prompt_lengths"].tolist(), strict=True):
+            prompt = row[:length].unsqueeze(0)
+            with hrm_generation(self.model):
+                out = self.model.generate(
+                    input_ids=prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=self.task_info.max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=self.task_info.pad_token_id,
+                )
+            outputs.append(out[0, length:])
+        return outputs
+
+    def generate_text(self, batch: dict) -> list[str]:
+        tokenizer = self.trainer.datamodule.tokenizer
+        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in self.generate_ids(batch)]
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, dataloader_idx, "val", self.val_metrics)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, dataloader_idx, "test", self.test_metrics)
 
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+        if self.is_causal_lm:
+            if self.task_info.lm_eval == "choice":
+                return self.choose(batch)
+            if self.task_info.lm_eval == "generate":
+                return self.generate_text(batch)
+            return self.model(**self._lm_inputs(batch)).logits.argmax(-1)
         batch = {k: v for k, v in batch.items() if k != "labels"}
         return self._predictions(self.model(**batch).logits)
 

@@ -24,6 +24,15 @@ class TaskInfo:
     """Names of the evaluation splits, one dataloader each (MNLI: matched and mismatched)."""
     vocab_size: int | None = None
     pad_token_id: int | None = None
+    objective: str = "classification"
+    """``classification`` (a sequence-classification head) or ``causal_lm`` (the LM head, loss on
+    the target tokens only)."""
+    lm_eval: str = "choice"
+    """Causal-LM evaluation: ``choice`` (log-likelihood of each answer option, arg-max),
+    ``generate`` (greedy decoding, then a text metric) or ``teacher_forced`` (arg-max and
+    log-likelihood of the target tokens: state tracking, bits per byte)."""
+    max_new_tokens: int = 0
+    """Generation length for ``lm_eval: generate`` (also the room kept for the target)."""
 
 
 class Task(Protocol):
@@ -48,3 +57,35 @@ class Task(Protocol):
 
     def builtin_tokenizer(self) -> PreTrainedTokenizerBase | None:
         """A tokenizer the task brings itself (synthetic tasks), or None."""
+
+
+class LMTask(Protocol):
+    """A task served to a causal LM (``objective: causal_lm``), besides or instead of
+    classification. A task states what it supports in ``objectives`` (first: its default).
+
+    ``load_lm_split`` returns a dataset with the columns of :data:`LM_COLUMNS`:
+
+    - ``document`` (str): the long context; the only part truncation may cut (see
+      :mod:`ssmlora_app.tasks.lm`); "" when there is none.
+    - ``prompt`` (str): the question, the answer options and the answer cue; never cut.
+    - ``target`` (str): what the model learns to write (the gold option's text for ``choice``).
+    - ``choices`` (list[str]): options scored by log-likelihood (``choice``), else [].
+    - ``label`` (int): index of the gold option, -1 without options.
+    - ``references`` (list[str]): reference answers for the generation metrics, else [].
+    - ``target_ids`` (list[int]): optional; token ids used instead of ``target`` (byte LM).
+    """
+
+    name: str
+    objectives: tuple[str, ...]
+    lm_eval: str
+    lm_metrics: tuple[str, ...]
+    """Metric names under ``causal_lm`` (``metrics`` stays the classification ones)."""
+    max_new_tokens: int
+    """Default generation length for ``lm_eval: generate`` (0 otherwise)."""
+    eval_splits: tuple[str, ...]
+
+    def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset: ...
+
+
+LM_COLUMNS = ("document", "prompt", "target", "choices", "label", "references")
+"""Columns every ``load_lm_split`` dataset has (``target_ids`` is optional)."""

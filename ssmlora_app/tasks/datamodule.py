@@ -14,6 +14,8 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TaskInfo, get_task
+from ssmlora_app.tasks.base import LM_COLUMNS
+from ssmlora_app.tasks.lm import TRUNCATION_POLICIES, CausalLMCollator, LMFormat, encode_lm_example
 from ssmlora_app.tokenization import load_tokenizer
 
 
@@ -44,7 +46,8 @@ class TaskDataModule(L.LightningDataModule):
     """Serves one task: ``train`` for fit, the task's evaluation splits for validate/test/predict.
 
     GLUE test labels are hidden, so ``test`` evaluates the evaluation (dev) splits, as the GLUE
-    papers report them.
+    papers report them. Tasks with a held-out test split (``test_split``: long-context, state
+    tracking, byte LM) evaluate it under ``test`` and select checkpoints on ``validation``.
     """
 
     def __init__(
@@ -60,11 +63,17 @@ class TaskDataModule(L.LightningDataModule):
         max_eval_samples: int | None = None,
         sample_seed: int = 42,
         shuffle_seed: int = 0,
+        task_args: dict | None = None,
+        objective: str | None = None,
+        truncation: str = "middle",
+        max_new_tokens: int | None = None,
     ):
         """
         Args:
-            task: Task name: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, or quickstart
-                (generated in code).
+            task: Task name: GLUE (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli),
+                SuperGLUE (boolq, cb, copa, multirc, wic, wsc, superglue_rte), long-context
+                (quality, qmsum, narrativeqa), state tracking (dfa, parity, word_problem,
+                word_problem_csv), byte_lm, or quickstart. See the README's task table.
             data_dir: Local folder with the task's files (GLUE: the original TSV layout, either the
                 task folder or the GLUE root); null loads the task from the hub.
             tokenizer: Tokenizer hub id or folder; linked from ``model.backbone`` by the CLI.
@@ -77,13 +86,33 @@ class TaskDataModule(L.LightningDataModule):
             max_eval_samples: Use a random subset of this many examples of each evaluation split.
             sample_seed: Seed of those subsets.
             shuffle_seed: Seed of the training order (a permutation per epoch).
+            task_args: The task's own settings (e.g. ``{n_states: 4, train_length: 64,
+                eval_lengths: [128, 256]}`` for dfa, ``{file: enwik8}`` for byte_lm); see the
+                task's class for its fields.
+            objective: ``classification`` or ``causal_lm``; null: the task's default. Causal LM
+                learns the target tokens after the prompt (see :mod:`ssmlora_app.tasks.lm`).
+            truncation: Causal LM: how a too-long document is shortened, the same for every
+                method: ``middle`` (keep its beginning and end), ``tail`` (keep its end) or
+                ``head``. The question and the answer options are never cut.
+            max_new_tokens: Causal LM with generation: tokens generated per answer (and room kept
+                for the training target); null: the task's default.
         """
         super().__init__()
         self.save_hyperparameters()
-        self.task = get_task(task)
+        self.task = get_task(task, task_args)
         self.task.check_data_dir(data_dir)
         if max_length <= 0 or batch_size <= 0:
             raise SsmloraError("data.max_length and data.batch_size must be positive.")
+        supported = getattr(self.task, "objectives", ("classification",))
+        self.objective = objective or supported[0]
+        if self.objective not in supported:
+            raise SsmloraError(
+                f"Task {task!r} supports data.objective in {list(supported)}, not {objective!r}."
+            )
+        if truncation not in TRUNCATION_POLICIES:
+            raise SsmloraError(
+                f"data.truncation={truncation!r}: use one of {', '.join(TRUNCATION_POLICIES)}."
+            )
         if tokenizer is not None:
             self.tokenizer = load_tokenizer(tokenizer)
         else:
@@ -96,20 +125,45 @@ class TaskDataModule(L.LightningDataModule):
         # Classification pools the first token (encoders) or the last non-pad one (decoders), and
         # sequence adapters (HRM) must not read pads before real tokens: pad on the right.
         self.tokenizer.padding_side = "right"
+        is_lm = self.objective == "causal_lm"
+        lm_eval = getattr(self.task, "lm_eval", "choice")
+        if max_new_tokens is None:
+            max_new_tokens = getattr(self.task, "max_new_tokens", 0)
+        if is_lm and lm_eval == "generate" and max_new_tokens <= 0:
+            raise SsmloraError("data.max_new_tokens must be positive for a generation task.")
+        if is_lm and self.tokenizer.pad_token_id is None:  # Llama/Mistral tokenizers have none
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.task_info = TaskInfo(
             task=task,
             num_labels=self.task.num_labels,
             problem_type="regression" if self.task.is_regression else "single_label_classification",
-            metrics=self.task.metrics,
+            metrics=self.task.lm_metrics if is_lm else self.task.metrics,
             eval_splits=self.task.eval_splits,
             vocab_size=len(self.tokenizer),
             pad_token_id=self.tokenizer.pad_token_id,
+            objective=self.objective,
+            lm_eval=lm_eval,
+            max_new_tokens=max_new_tokens if is_lm and lm_eval == "generate" else 0,
         )
-        self.collator = DataCollatorWithPadding(self.tokenizer)
+        self.lm_format = LMFormat(max_length, truncation, lm_eval, self.task_info.max_new_tokens)
+        if is_lm:
+            pad = self.tokenizer.pad_token_id
+            self.collator = CausalLMCollator(pad, lm_eval, train=True)
+            self.eval_collator = CausalLMCollator(pad, lm_eval, train=False)
+        else:
+            self.collator = self.eval_collator = DataCollatorWithPadding(self.tokenizer)
         self.splits: dict[str, datasets.Dataset] = {}
 
+    def eval_split_names(self, stage: str) -> list[str]:
+        """The splits evaluated in ``stage``: the task's evaluation splits, or for ``test`` their
+        held-out ``test`` counterparts when the task has them (``test_split``; GLUE has not)."""
+        splits = list(self.task.eval_splits)
+        if stage == "test" and getattr(self.task, "test_split", False):
+            return [s.replace("validation", "test") for s in splits]
+        return splits
+
     def setup(self, stage: str) -> None:
-        needed = list(self.task.eval_splits)
+        needed = self.eval_split_names(stage)
         if stage == "fit":
             needed.insert(0, "train")
         for split in needed:
@@ -118,10 +172,27 @@ class TaskDataModule(L.LightningDataModule):
 
     def _prepare(self, split: str) -> datasets.Dataset:
         hp = self.hparams
-        ds = self.task.load_split(split, hp.data_dir)
+        is_lm = self.objective == "causal_lm"
+        ds = (
+            self.task.load_lm_split(split, hp.data_dir)
+            if is_lm
+            else self.task.load_split(split, hp.data_dir)
+        )
         limit = hp.max_train_samples if split == "train" else hp.max_eval_samples
         if limit is not None and limit < len(ds):
             ds = ds.shuffle(seed=hp.sample_seed).select(range(limit))
+        if is_lm:
+            missing = [c for c in LM_COLUMNS if c not in ds.column_names]
+            if missing:
+                raise SsmloraError(
+                    f"Task {self.task.name!r} split {split!r} lacks the causal-LM columns "
+                    f"{missing} (see ssmlora_app.tasks.base.LMTask)."
+                )
+            return ds.map(
+                partial(encode_lm_example, tokenizer=self.tokenizer, fmt=self.lm_format),
+                remove_columns=[c for c in ds.column_names if c not in ("label", "references")],
+                desc=f"Tokenising {self.task.name} {split}",
+            )
         ds = ds.map(
             partial(_tokenize, tokenizer=self.tokenizer, max_length=hp.max_length),
             batched=True,
@@ -134,8 +205,11 @@ class TaskDataModule(L.LightningDataModule):
         """Accuracy of always predicting the most frequent class of the first evaluation split."""
         if self.task.is_regression:
             return None
+        if self.objective == "causal_lm" and self.task_info.lm_eval != "choice":
+            return None
         split = self.task.eval_splits[0]
-        labels = (self.splits.get(split) or self._prepare(split))["labels"]
+        ds = self.splits.get(split) or self._prepare(split)
+        labels = ds["label" if self.objective == "causal_lm" else "labels"]
         return Counter(labels).most_common(1)[0][1] / len(labels)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -146,7 +220,7 @@ class TaskDataModule(L.LightningDataModule):
             sampler=EpochShuffleSampler(len(self.splits[split]), hp.shuffle_seed)
             if shuffle
             else None,
-            collate_fn=self.collator,
+            collate_fn=self.collator if shuffle else self.eval_collator,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             # Its own generator: creating an iterator then draws no number from the global RNG,
@@ -157,14 +231,14 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def _eval_loaders(self) -> list[DataLoader]:
-        return [self._loader(s, shuffle=False) for s in self.task.eval_splits]
+    def _eval_loaders(self, stage: str = "validate") -> list[DataLoader]:
+        return [self._loader(s, shuffle=False) for s in self.eval_split_names(stage)]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders()
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders()
+        return self._eval_loaders("test")
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders()

@@ -1,14 +1,151 @@
-"""Task metrics with torchmetrics, by name. Classification metrics take class-id predictions."""
+"""Task metrics with torchmetrics, by name.
+
+Classification metrics (``accuracy``, ``f1``, ``macro_f1``, ``mcc``, regression ones) take class-id
+predictions, also the arg-max option of causal-LM multiple choice. Text metrics (``rouge1``,
+``rouge2``, ``rougeL``, ``token_f1``, ``exact_match``) take generated strings and lists of reference
+strings. Teacher-forced metrics (``token_accuracy``, ``sequence_accuracy``, ``bits_per_byte``) take
+per-example sums from the module (see :func:`teacher_forced_stats`).
+"""
 
 from __future__ import annotations
 
+import math
+import re
+import string
+from collections import Counter
+
+import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryF1Score,
     MatthewsCorrCoef,
     MulticlassAccuracy,
+    MulticlassF1Score,
 )
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+from torchmetrics.text import ROUGEScore
+
+TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "token_f1", "exact_match")
+TEACHER_FORCED_METRICS = ("token_accuracy", "sequence_accuracy", "bits_per_byte")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD/NarrativeQA normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Bag-of-tokens F1 between normalised answers (SQuAD's ``f1_score``)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+class _MeanOverExamples(Metric):
+    """Mean of a per-example score; the score of an example is its best over its references."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def score(self, prediction: str, reference: str) -> float:
+        raise NotImplementedError
+
+    def update(self, preds: list[str], target: list[list[str]]) -> None:
+        for prediction, references in zip(preds, target, strict=True):
+            self.total += max((self.score(prediction, r) for r in references), default=0.0)
+            self.count += 1
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class TokenF1(_MeanOverExamples):
+    """Token F1 (SQuAD normalisation), max over references, mean over examples."""
+
+    def score(self, prediction: str, reference: str) -> float:
+        return token_f1(prediction, reference)
+
+
+class ExactMatch(_MeanOverExamples):
+    """1 when the normalised prediction equals a normalised reference."""
+
+    def score(self, prediction: str, reference: str) -> float:
+        return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+class RougeF(Metric):
+    """ROUGE-1/2/L F-measure (torchmetrics, best reference per example, mean over examples)."""
+
+    full_state_update = False
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.rouge = ROUGEScore(rouge_keys=(key,), accumulate="best")
+
+    def update(self, preds: list[str], target: list[list[str]]) -> None:
+        self.rouge.update(preds, target)
+
+    def compute(self) -> torch.Tensor:
+        return self.rouge.compute()[f"{self.key}_fmeasure"]
+
+    def reset(self) -> None:
+        super().reset()
+        self.rouge.reset()
+
+
+class TeacherForced(Metric):
+    """Teacher-forced statistics over the target tokens; ``update`` takes per-example tensors
+    ``nll`` (summed negative log-likelihood, nats), ``correct`` and ``tokens`` (counts)."""
+
+    full_state_update = False
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        for name in ("nll", "correct", "tokens", "exact", "sequences"):
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, nll: torch.Tensor, correct: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.nll += nll.double().sum()
+        self.correct += correct.double().sum()
+        self.tokens += tokens.double().sum()
+        self.exact += (correct == tokens).double().sum()
+        self.sequences += tokens.numel()
+
+    def compute(self) -> torch.Tensor:
+        if self.kind == "bits_per_byte":  # every token is one byte: mean NLL in bits
+            return (self.nll / self.tokens.clamp(min=1) / math.log(2)).float()
+        if self.kind == "token_accuracy":
+            return (self.correct / self.tokens.clamp(min=1)).float()
+        return (self.exact / self.sequences.clamp(min=1)).float()
+
+
+def teacher_forced_stats(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example summed NLL (nats), correct arg-max count and target-token count.
+
+    ``logits`` (B, L, V) predict the next token; ``labels`` (B, L) hold -100 off the target.
+    """
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    safe = labels.clamp(min=0)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), safe, reduction="none")
+    nll = (nll * mask).sum(1)
+    correct = ((logits.argmax(-1) == safe) & mask).sum(1)
+    return nll, correct, mask.sum(1)
 
 
 def _metric(name: str, num_labels: int) -> Metric:
@@ -17,6 +154,8 @@ def _metric(name: str, num_labels: int) -> Metric:
         return MulticlassAccuracy(num_classes=num_labels, average="micro")
     if name == "f1":
         return BinaryF1Score()
+    if name == "macro_f1":
+        return MulticlassF1Score(num_classes=num_labels, average="macro")
     if name == "mcc":
         return MatthewsCorrCoef(task="multiclass", num_classes=num_labels)
     if name == "pearson":
@@ -25,6 +164,14 @@ def _metric(name: str, num_labels: int) -> Metric:
         return SpearmanCorrCoef()
     if name == "mse":
         return MeanSquaredError()
+    if name in ("rouge1", "rouge2", "rougeL"):
+        return RougeF(name)
+    if name == "token_f1":
+        return TokenF1()
+    if name == "exact_match":
+        return ExactMatch()
+    if name in TEACHER_FORCED_METRICS:
+        return TeacherForced(name)
     raise ValueError(f"unknown metric {name!r}")
 
 

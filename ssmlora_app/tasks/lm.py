@@ -1,0 +1,147 @@
+"""Causal-LM examples: prompt + target formatting, the one truncation policy, and the collator.
+
+A sequence is ``[bos] + document + prompt + target (+ eos)``; the loss (``labels``) covers the
+target tokens only. The prompt (question, answer options, answer cue) and the target or options are
+never cut: when the sequence exceeds ``max_length``, only the document loses tokens, by the same
+policy for every method (default ``middle``: keep its beginning and its end, cut the middle; the end
+of the document sits right before the question). The room kept for the answer is the same for
+training and evaluation (the longest option, or ``max_new_tokens`` for generation), so a model sees
+the same document view in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ssmlora_app.errors import SsmloraError
+
+TRUNCATION_POLICIES = ("middle", "tail", "head")
+IGNORE = -100
+
+
+def cut_document(ids: list[int], budget: int, policy: str = "middle") -> list[int]:
+    """Shorten ``ids`` to at most ``budget`` tokens.
+
+    ``middle`` keeps the first ``budget // 2`` and the last ``budget - budget // 2`` tokens;
+    ``tail`` keeps the last ``budget`` (the end of the document, next to the question); ``head``
+    keeps the first ``budget``.
+    """
+    if policy not in TRUNCATION_POLICIES:
+        raise SsmloraError(
+            f"Unknown truncation policy {policy!r}; use one of {', '.join(TRUNCATION_POLICIES)}."
+        )
+    if len(ids) <= budget:
+        return list(ids)
+    if budget <= 0:
+        return []
+    if policy == "tail":
+        return list(ids[len(ids) - budget :])
+    if policy == "head":
+        return list(ids[:budget])
+    head = budget // 2
+    return list(ids[:head]) + list(ids[len(ids) - (budget - head) :])
+
+
+@dataclass(frozen=True)
+class LMFormat:
+    """How rows become token ids (one per data module)."""
+
+    max_length: int
+    """Longest sequence fed to the model, answer included."""
+    truncation: str = "middle"
+    """Policy for the document when the sequence is too long (see :func:`cut_document`)."""
+    lm_eval: str = "choice"
+    """``choice``, ``generate`` or ``teacher_forced`` (see :class:`~.base.TaskInfo`)."""
+    max_new_tokens: int = 0
+    """Room kept for the answer under ``generate``; longer training targets are cut at the end."""
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def encode_lm_example(row: dict, tokenizer: PreTrainedTokenizerBase, fmt: LMFormat) -> dict:
+    """One row (see :class:`~.base.LMTask`) -> model inputs.
+
+    Returns ``input_ids``/``labels`` (context + target, loss on the target only), and for
+    evaluation ``choice_input_ids``/``choice_labels`` (one sequence per option), ``prompt_ids``
+    (the context alone, for generation).
+    """
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompt = _ids(tokenizer, row["prompt"])
+    target = list(row["target_ids"]) if row.get("target_ids") else _ids(tokenizer, row["target"])
+    choices = [_ids(tokenizer, c) for c in row["choices"]]
+    if fmt.lm_eval == "generate":
+        target = (target + eos)[: fmt.max_new_tokens]
+        room = fmt.max_new_tokens
+    elif choices:
+        room = max(len(c) for c in choices)
+    else:
+        room = len(target)
+    budget = fmt.max_length - len(bos) - len(prompt) - room
+    if budget < 0:
+        raise SsmloraError(
+            f"A prompt of {len(prompt)} tokens plus an answer of {room} tokens exceeds "
+            f"data.max_length={fmt.max_length}; the prompt and the answer are never cut: raise "
+            "data.max_length (or lower data.max_new_tokens)."
+        )
+    context = bos + cut_document(_ids(tokenizer, row["document"]), budget, fmt.truncation) + prompt
+    out = {
+        "input_ids": context + target,
+        "labels": [IGNORE] * len(context) + target,
+        "prompt_ids": context,
+    }
+    out["choice_input_ids"] = [context + c for c in choices]
+    out["choice_labels"] = [[IGNORE] * len(context) + c for c in choices]
+    return out
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+@dataclass
+class CausalLMCollator:
+    """Right-pads a batch (pads carry ``labels = -100`` and ``attention_mask = 0``).
+
+    Training batches hold ``input_ids``, ``attention_mask``, ``labels``. Evaluation batches add,
+    by ``lm_eval``: ``choice_*`` (B·K rows, K options per example) and ``choice_label`` (B,);
+    ``prompt_ids`` + ``prompt_lengths`` and ``references`` (lists of strings) for generation.
+    """
+
+    pad_token_id: int
+    lm_eval: str = "choice"
+    train: bool = True
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = {
+            "input_ids": _pad([r["input_ids"] for r in rows], self.pad_token_id),
+            "labels": _pad([r["labels"] for r in rows], IGNORE),
+        }
+        lengths = torch.tensor([len(r["input_ids"]) for r in rows])
+        batch["attention_mask"] = (
+            torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]
+        ).long()
+        if self.train:
+            return batch
+        if self.lm_eval == "choice":
+            flat = [c for r in rows for c in r["choice_input_ids"]]
+            flat_labels = [c for r in rows for c in r["choice_labels"]]
+            batch["choice_input_ids"] = _pad(flat, self.pad_token_id)
+            batch["choice_labels"] = _pad(flat_labels, IGNORE)
+            widths = torch.tensor([len(c) for c in flat])
+            batch["choice_attention_mask"] = (
+                torch.arange(batch["choice_input_ids"].shape[1]) < widths[:, None]
+            ).long()
+            batch["choice_label"] = torch.tensor([r["label"] for r in rows])
+            batch["num_choices"] = torch.tensor([len(r["choice_input_ids"]) for r in rows])
+        elif self.lm_eval == "generate":
+            batch["prompt_ids"] = _pad([r["prompt_ids"] for r in rows], self.pad_token_id)
+            batch["prompt_lengths"] = torch.tensor([len(r["prompt_ids"]) for r in rows])
+            batch["references"] = [list(r["references"]) for r in rows]
+        return batch

@@ -1,0 +1,211 @@
+"""SuperGLUE (BoolQ, CB, COPA, MultiRC, RTE, WiC, WSC) from the hub (``aps/super_glue``) or from
+local JSONL files in the original layout (``<Task>/{train,val}.jsonl``).
+
+Each task serves both objectives: ``classification`` (text pair -> class, the SSMLoRA paper's
+LLaMA set-up with a classification head) and ``causal_lm`` (a prompt and answer options scored by
+log-likelihood, arg-max). Test labels are hidden, so ``test`` evaluates the validation set, as the
+papers report. MultiRC is scored per answer option (F1a = binary F1 over all options, and accuracy;
+the per-question exact match is not computed). The records are first normalised to the hub's
+field names and integer labels (``entailment``=0 for CB/RTE, True=1 for BoolQ/WiC/WSC).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import datasets
+
+from ssmlora_app.errors import SsmloraError
+
+HUB_ID = "aps/super_glue"
+LOCAL_FILES = {"train": "train.jsonl", "validation": "val.jsonl"}
+
+
+def _flatten_multirc(example: dict) -> list[dict]:
+    """An original MultiRC line (a passage with questions with answers) -> one record per answer."""
+    passage = example["passage"]
+    records = []
+    for question in passage["questions"]:
+        for answer in question["answers"]:
+            records.append(
+                {
+                    "paragraph": passage["text"],
+                    "question": question["question"],
+                    "answer": answer["text"],
+                    "label": int(answer["label"]),
+                }
+            )
+    return records
+
+
+def _normalise_local(task: str, example: dict) -> list[dict]:
+    """An original SuperGLUE JSONL record -> records with the hub's fields and integer labels."""
+    if task == "multirc":
+        return _flatten_multirc(example)
+    record = dict(example)
+    label = record.get("label")
+    if task in ("cb", "rte") and isinstance(label, str):
+        names = (
+            ("entailment", "contradiction", "neutral")
+            if task == "cb"
+            else ("entailment", "not_entailment")
+        )
+        record["label"] = names.index(label)
+    elif isinstance(label, bool):
+        record["label"] = int(label)
+    if task == "wsc":
+        record.update({k: v for k, v in record.pop("target").items()})
+    return [record]
+
+
+def classification_pair(task: str, r: dict) -> tuple[str, str]:
+    """The (text_a, text_b) pair of a record for a classification head."""
+    if task == "boolq":
+        return r["question"], r["passage"]
+    if task in ("cb", "rte"):
+        return r["premise"], r["hypothesis"]
+    if task == "copa":
+        connector = (
+            "What was the cause?" if r["question"] == "cause" else "What happened as a result?"
+        )
+        return f"{r['premise']} {connector}", f"{r['choice1']} || {r['choice2']}"
+    if task == "wic":
+        return f"{r['word']}: {r['sentence1']}", r["sentence2"]
+    if task == "wsc":
+        return r["text"], f"{r['span2_text']} refers to {r['span1_text']}"
+    return r["paragraph"], f"{r['question']} {r['answer']}"  # multirc
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def lm_example(task: str, r: dict) -> tuple[str, str, list[str]]:
+    """``(document, prompt, choices)`` of a record for causal-LM scoring; choice i is class i."""
+    if task == "boolq":
+        return r["passage"], f"\n\nQuestion: {r['question']}?\nAnswer:", [" no", " yes"]
+    if task == "cb":
+        prompt = f"{r['premise']}\nQuestion: {r['hypothesis']} True, False or Neither?\nAnswer:"
+        return "", prompt, [" True", " False", " Neither"]
+    if task == "rte":
+        prompt = f"{r['premise']}\nQuestion: {r['hypothesis']} True or False?\nAnswer:"
+        return "", prompt, [" True", " False"]
+    if task == "copa":
+        connector = " because" if r["question"] == "cause" else " therefore"
+        prompt = r["premise"].rstrip(".") + connector
+        return "", prompt, [" " + _lower_first(r["choice1"]), " " + _lower_first(r["choice2"])]
+    if task == "wic":
+        prompt = (
+            f"Sentence 1: {r['sentence1']}\nSentence 2: {r['sentence2']}\nQuestion: Is the word "
+            f"'{r['word']}' used in the same way in the two sentences above?\nAnswer:"
+        )
+        return "", prompt, [" no", " yes"]
+    if task == "wsc":
+        prompt = (
+            f"Passage: {r['text']}\nQuestion: In the passage above, does the pronoun "
+            f'"{r["span2_text"]}" refer to "{r["span1_text"]}"?\nAnswer:'
+        )
+        return "", prompt, [" no", " yes"]
+    prompt = f"\n\nQuestion: {r['question']}\nAnswer: {r['answer']}\nIs the answer correct?"
+    return r["paragraph"], prompt, [" no", " yes"]  # multirc
+
+
+@dataclass(frozen=True)
+class SuperGlueTask:
+    """One SuperGLUE task: local folder, hub config, labels and metrics."""
+
+    name: str
+    key: str
+    """Task key: boolq, cb, copa, multirc, rte, wic or wsc."""
+    folder: str
+    """Folder name in the original layout (``BoolQ``)."""
+    hub_config: str
+    """Config name of ``aps/super_glue`` (``wsc.fixed`` for WSC)."""
+    num_labels: int
+    metrics: tuple[str, ...]
+
+    objectives: ClassVar[tuple[str, ...]] = ("classification", "causal_lm")
+    lm_eval: ClassVar[str] = "choice"
+    max_new_tokens: ClassVar[int] = 0
+    eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
+
+    @property
+    def lm_metrics(self) -> tuple[str, ...]:
+        return self.metrics
+
+    @property
+    def is_regression(self) -> bool:
+        return False
+
+    def task_dir(self, data_dir: str) -> Path:
+        root = Path(data_dir)
+        return root / self.folder if (root / self.folder).is_dir() else root
+
+    def check_data_dir(self, data_dir: str | None) -> None:
+        if data_dir is None:
+            return
+        folder = self.task_dir(data_dir)
+        if not (folder / LOCAL_FILES["validation"]).is_file():
+            raise SsmloraError(
+                f"data.data_dir={data_dir!r} has no {self.folder}/val.jsonl: give the SuperGLUE root "
+                f"(with {self.folder}/{{train,val}}.jsonl) or the task folder; data.data_dir: null "
+                f"loads {HUB_ID} from the hub."
+            )
+
+    def records(self, split: str, data_dir: str | None) -> list[dict]:
+        if split not in LOCAL_FILES:
+            raise SsmloraError(f"{self.name}: unknown split {split!r} (train or validation).")
+        if data_dir is None:
+            return list(datasets.load_dataset(HUB_ID, self.hub_config, split=split))
+        path = self.task_dir(data_dir) / LOCAL_FILES[split]
+        if not path.is_file():
+            raise SsmloraError(f"{self.name}: no file {path} for split {split!r}.")
+        with open(path, encoding="utf-8") as handle:
+            lines = [json.loads(line) for line in handle if line.strip()]
+        return [r for line in lines for r in _normalise_local(self.key, line)]
+
+    def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        rows = []
+        for r in self.records(split, data_dir):
+            a, b = classification_pair(self.key, r)
+            rows.append({"text_a": a, "text_b": b, "label": int(r["label"])})
+        return datasets.Dataset.from_list(rows)
+
+    def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        rows = []
+        for r in self.records(split, data_dir):
+            document, prompt, choices = lm_example(self.key, r)
+            label = int(r["label"])
+            rows.append(
+                {
+                    "document": document,
+                    "prompt": prompt,
+                    "target": choices[label],
+                    "choices": choices,
+                    "label": label,
+                    "references": [],
+                }
+            )
+        return datasets.Dataset.from_list(rows)
+
+    def builtin_tokenizer(self):
+        from ssmlora_app.tasks.vocab import byte_tokenizer
+
+        return byte_tokenizer()
+
+
+SUPERGLUE_TASKS: dict[str, SuperGlueTask] = {
+    t.name: t
+    for t in [
+        SuperGlueTask("boolq", "boolq", "BoolQ", "boolq", 2, ("accuracy",)),
+        SuperGlueTask("cb", "cb", "CB", "cb", 3, ("accuracy", "macro_f1")),
+        SuperGlueTask("copa", "copa", "COPA", "copa", 2, ("accuracy",)),
+        SuperGlueTask("multirc", "multirc", "MultiRC", "multirc", 2, ("f1", "accuracy")),
+        SuperGlueTask("superglue_rte", "rte", "RTE", "rte", 2, ("accuracy",)),
+        SuperGlueTask("wic", "wic", "WiC", "wic", 2, ("accuracy",)),
+        SuperGlueTask("wsc", "wsc", "WSC", "wsc.fixed", 2, ("accuracy",)),
+    ]
+}
