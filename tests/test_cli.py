@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ssmlora_app.adapters import count_trainable_parameters, inject_adapters, read_adapter_config
-from ssmlora_app.backbone import BackboneConfig, build_classifier
+from ssmlora_app.backbone import BackboneConfig, build_causal_lm, build_classifier
 from ssmlora_app.cli import main
 from ssmlora_app.tasks import get_task
 from tests.conftest import REPO
@@ -180,6 +180,9 @@ HUB_SHAPES = {
     "roberta-large": {"model_type": "roberta", "hidden_size": 1024, "num_hidden_layers": 24,
                       "num_attention_heads": 16, "intermediate_size": 4096},
     "gpt2": {"model_type": "gpt2"},
+    "mistralai/Mistral-7B-v0.1": {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+                                  "num_hidden_layers": 32, "num_attention_heads": 32,
+                                  "num_key_value_heads": 8, "vocab_size": 32000},
     "state-spaces/mamba-130m-hf": {"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24,
                                    "state_size": 16, "expand": 2, "vocab_size": 50280},
 }  # fmt: skip
@@ -204,7 +207,10 @@ def test_every_hub_config_injects_into_its_backbone_shapes(path):
     task = get_task(config["data"]["task"])
     problem = "regression" if task.is_regression else "single_label_classification"
     with torch.device("meta"):
-        model = build_classifier(BackboneConfig(config=fields), task.num_labels, problem)
+        if config["data"].get("objective") == "causal_lm":
+            model = build_causal_lm(BackboneConfig(config=fields))
+        else:
+            model = build_classifier(BackboneConfig(config=fields), task.num_labels, problem)
     inject_adapters(model, adapter)
     assert count_trainable_parameters(model, include_head=False) > 0
 
