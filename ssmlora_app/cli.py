@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from ssmlora_app.adapters import AdapterConfig
 from ssmlora_app.callbacks import ExportAdapter, FitSummary, HRMDiagnostics, LRMonitor
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.export import export, import_adapter
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks.datamodule import TaskDataModule
 
@@ -68,6 +69,7 @@ def reduce(adapter: str, out: str, eps: float = 0.1, train: str = "all") -> None
 
 EXTRA_COMMANDS = {"reduce": reduce}
 """Subcommands besides LightningCLI's fit/validate/test/predict: one typed function each."""
+EXTRA_COMMANDS.update({"export": export, "import": import_adapter})
 
 
 def main(args: list[str] | None = None) -> None:
