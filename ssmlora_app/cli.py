@@ -16,6 +16,7 @@ from ssmlora_app.callbacks import ExportAdapter, FitSummary, HRMDiagnostics, LRM
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.export import export, import_adapter
 from ssmlora_app.module import AdapterModule
+from ssmlora_app.report import report
 from ssmlora_app.tasks.datamodule import TaskDataModule
 
 TRAINER_DEFAULTS = {
@@ -70,6 +71,7 @@ def reduce(adapter: str, out: str, eps: float = 0.1, train: str = "all") -> None
 EXTRA_COMMANDS = {"reduce": reduce}
 """Subcommands besides LightningCLI's fit/validate/test/predict: one typed function each."""
 EXTRA_COMMANDS.update({"export": export, "import": import_adapter})
+EXTRA_COMMANDS.update({"report": report})
 
 
 def main(args: list[str] | None = None) -> None:
