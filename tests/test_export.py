@@ -15,6 +15,7 @@ from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.export import read_run_hparams
+from ssmlora_app.tasks.datamodule import TaskDataModule
 from tests.conftest import REPO, TINY_ROBERTA
 from tests.helpers import randomise, tiny_classifier, twin
 
@@ -206,3 +207,30 @@ def test_foreign_adapters_fail_clearly(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
+
+
+def test_predict_writes_label_files_that_match_the_model(run, tmp_path):
+    out = tmp_path / "pred"
+    main(
+        [
+            *("predict", "--config", str(run / "config.yaml")),
+            *("--ckpt_path", str(run / "checkpoints" / "last.ckpt")),
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+            f"--predictions.output_dir={out}",
+        ]
+    )
+    rows = [json.loads(line) for line in (out / "quickstart_validation.jsonl").open()]
+    tsv = (out / "quickstart.tsv").read_text().splitlines()
+    assert tsv[0] == "index\tprediction" and len(tsv) == len(rows) + 1 == 33
+    assert [r["index"] for r in rows] == list(range(32))
+    # The same predictions as the trained model on the same examples, in dataset order.
+    model, _ = reference(run)
+    data = TaskDataModule(task="quickstart", max_eval_samples=32, eval_batch_size=64)
+    data.setup("predict")
+    batch = next(iter(data.predict_dataloader()[0]))
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        expected = model(**batch).logits.argmax(-1).tolist()
+    assert [r["prediction"] for r in rows] == expected
+    assert [int(line.split("\t")[1]) for line in tsv[1:]] == expected
+    assert [r["label"] for r in rows] == labels.tolist()
