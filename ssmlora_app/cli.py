@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ssmlora_app.adapters import AdapterConfig
 from ssmlora_app.callbacks import ExportAdapter, FitSummary, HRMDiagnostics, LRMonitor
+from ssmlora_app.callbacks.predictions import PredictionWriter
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.export import export, import_adapter
 from ssmlora_app.module import AdapterModule
@@ -40,6 +41,7 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(ExportAdapter, "export")
         parser.add_lightning_class_args(FitSummary, "summary")
         parser.add_lightning_class_args(HRMDiagnostics, "hrm_diagnostics")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 
