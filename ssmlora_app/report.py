@@ -362,7 +362,9 @@ def plot_params(cells: Sequence[Cell], path: Path, percent: bool = True) -> Path
         errs = [(c.sd or 0.0) * _scale(c, percent) for c in points]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=f"C{i % 10}", label=task)
         for x, y, cell in zip(xs, ys, points):
-            ax.annotate(cell.method, (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points")
+            ax.annotate(
+                cell.method, (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
+            )
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (head excluded)")
     ax.set_ylabel("best validation score" + (" (×100)" if percent else ""))
