@@ -20,11 +20,14 @@ from ssmlora_app.callbacks import (
     HRMDiagnostics,
     LRMonitor,
     NanGuard,
+    PredictionWriter,
     SDTSelection,
     SSMLoRADiagnostics,
 )
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.export import export, import_adapter
 from ssmlora_app.module import AdapterModule
+from ssmlora_app.report import report
 from ssmlora_app.tasks.datamodule import TaskDataModule
 
 TRAINER_DEFAULTS = {
@@ -81,6 +84,7 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(NanGuard, "nan_guard")
         parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
         parser.add_lightning_class_args(SDTSelection, "sdt_selection")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 
@@ -109,7 +113,7 @@ def reduce(adapter: str, out: str, eps: float = 0.1, train: str = "all") -> None
     print(f"Reduced adapter written to {out}")
 
 
-EXTRA_COMMANDS = {"reduce": reduce}
+EXTRA_COMMANDS = {"reduce": reduce, "export": export, "import": import_adapter, "report": report}
 """Subcommands besides LightningCLI's fit/validate/test/predict: one typed function each."""
 
 

@@ -4,6 +4,7 @@ from ssmlora_app.callbacks.export import ExportAdapter
 from ssmlora_app.callbacks.hrm_diagnostics import HRMDiagnostics
 from ssmlora_app.callbacks.lr_monitor import LRMonitor
 from ssmlora_app.callbacks.nan_guard import NanGuard, NonFiniteLossError
+from ssmlora_app.callbacks.predictions import PredictionWriter
 from ssmlora_app.callbacks.sdt_selection import SDTSelection
 from ssmlora_app.callbacks.sigterm import CheckpointOnSigterm
 from ssmlora_app.callbacks.ssmlora_diagnostics import SSMLoRADiagnostics
@@ -17,6 +18,7 @@ __all__ = [
     "LRMonitor",
     "NanGuard",
     "NonFiniteLossError",
+    "PredictionWriter",
     "SDTSelection",
     "SSMLoRADiagnostics",
 ]

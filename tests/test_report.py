@@ -1,0 +1,122 @@
+"""ssmlora report: runs (tasks × adapters × seeds) read from TensorBoard event files into the
+paper-layout table, CSV/LaTeX, and plots."""
+
+import csv
+import statistics
+
+import pytest
+import yaml
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from torch.utils.tensorboard import SummaryWriter
+
+from ssmlora_app.cli import main
+from ssmlora_app.errors import SsmloraError
+from ssmlora_app.report import build_report, find_runs, read_run
+
+TASKS = {  # task -> (headline tag, metrics, eval splits)
+    "cola": ("val/mcc", ("mcc", "accuracy"), ("validation",)),
+    "mnli": (
+        "val_matched/accuracy",
+        ("accuracy",),
+        ("validation_matched", "validation_mismatched"),
+    ),
+}
+ADAPTERS = {
+    "lora8": ({"adapter_type": "lora", "r": 8, "alpha": 16.0}, 1000),
+    "lora2": ({"adapter_type": "lora", "r": 2, "alpha": 4.0}, 250),
+}
+
+
+def curve(task: str, adapter: str, seed: int) -> list[float]:
+    """Validation values of one fake run, different for every (task, adapter, seed)."""
+    base = 0.5 + 0.1 * list(TASKS).index(task) + 0.05 * list(ADAPTERS).index(adapter)
+    return [
+        base + 0.01 * seed * (epoch % 2) + 0.02 * epoch - 0.03 * (epoch == 3) for epoch in range(4)
+    ]
+
+
+def fake_run(root, task: str, adapter: str, seed: int):
+    """A run folder as `ssmlora fit` writes it: events, hparams.yaml (with tuples), config.yaml."""
+    tag, metrics, splits = TASKS[task]
+    config, params = ADAPTERS[adapter]
+    run = root / f"{task}_{adapter}" / f"version_{seed}"
+    run.mkdir(parents=True)
+    with SummaryWriter(str(run)) as writer:
+        for epoch, value in enumerate(curve(task, adapter, seed)):
+            step = 10 * (epoch + 1) - 1
+            writer.add_scalar("train/loss", 1.0 / (epoch + 1), step)
+            writer.add_scalar(tag, value, step)
+            writer.add_scalar("epoch", float(epoch), step)
+    info = {"task": task, "num_labels": 3, "metrics": metrics, "eval_splits": splits}
+    hparams = {"adapter": config, "task_info": info, "params/adapter": params}
+    hparams["params/trainable"] = params + 600
+    save_hparams_to_yaml(run / "hparams.yaml", hparams)
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed_everything": seed}))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for task in TASKS:
+        for adapter in ADAPTERS:
+            for seed in range(3):
+                fake_run(root, task, adapter, seed)
+    (root / "empty" / "version_0").mkdir(parents=True)  # a run that never logged: ignored
+    return root
+
+
+def test_best_value_epoch_and_seed_of_one_run(runs):
+    result = read_run(runs / "cola_lora8" / "version_2")
+    values = curve("cola", "lora8", 2)
+    assert result.metric == "val/mcc"
+    assert result.best == pytest.approx(max(values))
+    assert result.best_epoch == values.index(max(values))
+    assert result.seed == 2 and result.adapter_params == 1000
+    assert read_run(runs / "mnli_lora2" / "version_0").metric == "val_matched/accuracy"
+
+
+def test_csv_has_mean_and_sd_over_seeds(runs, tmp_path):
+    written = build_report([runs], tmp_path / "out", formats=["csv"], plots=False)
+    rows = list(csv.DictReader(written["csv"].open()))
+    assert len(rows) == len(TASKS) * len(ADAPTERS)
+    for row in rows:
+        adapter = "lora8" if "r=8" in row["method"] else "lora2"
+        bests = [max(curve(row["task"], adapter, seed)) for seed in range(3)]
+        assert float(row["mean"]) == pytest.approx(statistics.fmean(bests), rel=1e-5)
+        assert float(row["sd"]) == pytest.approx(statistics.stdev(bests), rel=1e-4)
+        assert row["seeds"] == "0 1 2"
+        epochs = [
+            curve(row["task"], adapter, s).index(max(curve(row["task"], adapter, s)))
+            for s in range(3)
+        ]
+        assert row["best_epochs"] == " ".join(map(str, epochs))
+        assert row["adapter_params"] == str(ADAPTERS[adapter][1])
+
+
+def test_markdown_and_latex_follow_the_paper_layout(runs, tmp_path, capsys):
+    main(["report", "--runs", str(runs), "--out", str(tmp_path / "out"), "--formats", "[md, tex]"])
+    printed = capsys.readouterr().out
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert table in printed
+    header = next(line for line in table.splitlines() if line.startswith("| Method"))
+    # Paper column order: MNLI before CoLA; then the average.
+    assert header == "| Method | # Params | mnli (accuracy) | cola (mcc) | Avg. |"
+    bests = [max(curve("mnli", "lora8", s)) * 100 for s in range(3)]
+    cell = f"{statistics.fmean(bests):.1f} ± {statistics.stdev(bests):.1f}"
+    row = next(line for line in table.splitlines() if line.startswith("| lora (alpha=16.0, r=8)"))
+    assert f"| 1.0K | {cell} |" in row
+    tex = (tmp_path / "out" / "report.tex").read_text()
+    assert r"\toprule" in tex and r"\# Params" in tex and r"$_{\pm" in tex
+    assert (tmp_path / "out" / "val_curves.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "metric_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(SsmloraError, match="No finished runs"):
+        build_report([tmp_path / "nothing"], tmp_path / "out")
+    with pytest.raises(SsmloraError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
+    with pytest.raises(SsmloraError, match="Unknown report formats"):
+        build_report([tmp_path], tmp_path / "out", formats=["html"])
