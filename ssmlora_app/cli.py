@@ -36,6 +36,9 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": "runs", "name": "ssmlora"},
     },
     "plugins": [{"class_path": "ssmlora_app.checkpoint_io.AtomicCheckpointIO"}],
+    # The data module shards data itself (tasks/samplers.py): the same global batches for any
+    # number of processes, and evaluation without Lightning's duplicated padding examples.
+    "use_distributed_sampler": False,
 }
 
 

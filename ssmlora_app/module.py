@@ -176,7 +176,9 @@ class AdapterModule(L.LightningModule):
         out = self.model(**batch)
         prefix = self._prefix(stage, dataloader_idx)
         size = batch["input_ids"].shape[0]
-        self.log(f"{prefix}/loss", out.loss, add_dataloader_idx=False, batch_size=size)
+        self.log(
+            f"{prefix}/loss", out.loss, add_dataloader_idx=False, batch_size=size, sync_dist=True
+        )
         collection = metrics[dataloader_idx]
         collection.update(self._predictions(out.logits), batch["labels"])
         self.log_dict(collection, add_dataloader_idx=False, batch_size=size, prog_bar=True)

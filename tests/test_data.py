@@ -7,8 +7,9 @@ import torch
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TASKS, get_task
-from ssmlora_app.tasks.datamodule import EpochShuffleSampler, TaskDataModule
+from ssmlora_app.tasks.datamodule import TaskDataModule
 from ssmlora_app.tasks.metrics import build_metrics
+from ssmlora_app.tasks.samplers import EpochShuffleSampler, ShardSampler
 
 # One tiny file per task, in the original GLUE layout: (folder, file, header or None, rows).
 LAYOUTS = {
@@ -141,3 +142,31 @@ def test_metric_sets_per_task():
         torch.tensor([0.1, 0.5, 0.9]), torch.tensor([1.0, 2.0, 4.0])
     )
     assert values["val/spearman"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(("size", "world"), [(64, 2), (70, 2), (65, 4), (61, 4)])
+def test_ranks_see_the_single_process_global_batches(size, world):
+    batch = 4
+    single = list(EpochShuffleSampler(size, seed=5, batch_size=batch * world))
+    ranks = [
+        list(EpochShuffleSampler(size, seed=5, batch_size=batch, rank=r, world_size=world))
+        for r in range(world)
+    ]
+    assert (
+        len({-(-len(r) // batch) for r in ranks}) == 1
+    )  # every rank takes the same number of steps
+    for r, sampler_order in enumerate(ranks):
+        assert len(sampler_order) == len(EpochShuffleSampler(size, 5, batch, r, world))
+    steps = -(-len(ranks[0]) // batch)
+    for step in range(steps):
+        union = sorted(i for r in ranks for i in r[step * batch : (step + 1) * batch])
+        expected = single[step * batch * world : (step + 1) * batch * world]
+        if len(expected) == batch * world:
+            assert union == sorted(expected)  # the same global batch
+        else:
+            assert set(union) <= set(expected) and len(expected) - len(union) < world
+
+
+def test_evaluation_shards_cover_every_example_once():
+    shards = [list(ShardSampler(11, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(11))

@@ -21,9 +21,11 @@ class ExportAdapter(L.Callback):
         self.dirname = dirname
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        root = Path(
+            trainer.log_dir or trainer.default_root_dir
+        )  # a collective: every rank calls it
         if not trainer.is_global_zero:
             return
-        root = Path(trainer.log_dir or trainer.default_root_dir)
         backbone = getattr(pl_module, "backbone_config", None)
         name = getattr(backbone, "name_or_path", None)
         path = save_adapter(pl_module.model, root / self.dirname, base_model_name_or_path=name)

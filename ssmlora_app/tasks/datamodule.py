@@ -3,38 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from functools import partial
 
 import datasets
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TaskInfo, get_task
 from ssmlora_app.tasks.base import LM_COLUMNS
 from ssmlora_app.tasks.lm import TRUNCATION_POLICIES, CausalLMCollator, LMFormat, encode_lm_example
+from ssmlora_app.tasks.samplers import EpochShuffleSampler, ShardSampler
 from ssmlora_app.tokenization import load_tokenizer
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with a permutation drawn from ``(seed, epoch)`` alone, so a run resumed from a
-    checkpoint sees the same order as an uninterrupted one (Lightning calls ``set_epoch``)."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 def _tokenize(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
@@ -214,12 +196,18 @@ class TaskDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
+        trainer = self.trainer  # None outside a Trainer (tests, notebooks)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        size = len(self.splits[split])
+        batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size)
+        if shuffle:
+            sampler = EpochShuffleSampler(size, hp.shuffle_seed, batch_size, rank, world)
+        else:
+            sampler = ShardSampler(size, rank, world)
         return DataLoader(
             self.splits[split],
-            batch_size=hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size),
-            sampler=EpochShuffleSampler(len(self.splits[split]), hp.shuffle_seed)
-            if shuffle
-            else None,
+            batch_size=batch_size,
+            sampler=sampler,
             collate_fn=self.collator if shuffle else self.eval_collator,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,

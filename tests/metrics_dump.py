@@ -1,0 +1,26 @@
+"""Runs the ssmlora CLI; ``DumpMetrics`` writes the final validation metrics to $METRICS_JSON.
+
+Run as ``python -m tests.metrics_dump fit ...`` so Lightning's DDP launcher can start the other
+processes with the same command.
+"""
+
+import json
+import os
+
+from lightning.pytorch.callbacks import Callback
+
+from ssmlora_app.cli import main
+
+
+class DumpMetrics(Callback):
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")
+            }
+            with open(os.environ["METRICS_JSON"], "w") as f:
+                json.dump(metrics, f)
+
+
+if __name__ == "__main__":
+    main()
