@@ -117,10 +117,10 @@ def inject_lora(model: nn.Module, config: LoRAConfig, skip: list[str]) -> list[s
     for name in names:
         base = model.get_submodule(name)
         d_in, d_out = linear_dims(base)
-        if config.r > min(d_in, d_out):
+        if config.r > max(d_in, d_out):  # r > min() is allowed: the papers adapt 768 -> 2 heads
             raise SsmloraError(
-                f"LoRA rank r={config.r} exceeds the width of {name} ({d_in} -> {d_out}): a "
-                f"rank above {min(d_in, d_out)} adds parameters without adding capacity."
+                f"LoRA rank r={config.r} exceeds the width of {name} ({d_in} -> {d_out}); "
+                f"choose r <= {max(d_in, d_out)} (typically 4-64)."
             )
         replace_module(
             model, name, LoRALinear(base, config.r, config.alpha, config.dropout, config.use_rslora)
