@@ -293,3 +293,25 @@ def test_fit_on_a_prompt_completion_jsonl(tmp_path, caplog):
     main(["fit", "--config", _config(tmp_path, data, backbone, lora), "--trainer.max_epochs=1"])
     assert "val/token_accuracy = " in caplog.text
     assert (tmp_path / "runs" / "c" / "version_0" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_dataset_through_load_dataset_with_split_names_and_class_names(tmp_path):
+    """The ``hub_id`` path, offline: ``datasets.load_dataset`` on a local folder of Parquet files
+    (a ``ClassLabel`` column brings its names, in its own order)."""
+    import datasets
+
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "y": datasets.ClassLabel(names=["spam", "ham"])}
+    )
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    for split, n in (("train", 8), ("validation", 4)):
+        rows = {"sentence": [f"{split} {i}" for i in range(n)], "y": [i % 2 for i in range(n)]}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(folder / f"{split}.parquet")
+    args = {"hub_id": str(folder), "validation_split": "validation"}
+    args.update(text_column="sentence", label_column="y")
+    task, train = load(args)
+    assert task.label_names == ("spam", "ham")
+    assert train["text_a"] == [f"train {i}" for i in range(8)]
+    assert train["label"] == [i % 2 for i in range(8)]
+    assert len(task.load_split("validation", None)) == 4

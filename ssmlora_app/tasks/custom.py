@@ -318,7 +318,8 @@ class CustomTask:
         path = Path(file).expanduser()
         return path if path.is_absolute() or data_dir is None else Path(data_dir) / path
 
-    def _read(self, split: str, data_dir: str | None) -> tuple[Table, str] | None:
+    def _read(self, split: str, data_dir: str | None) -> tuple[Table, str, tuple | None] | None:
+        """``(columns, where from, the hub's class names or None)``, or None without that split."""
         files = {"train": self.train_file, "validation": self.validation_file}
         files["test"] = self.test_file
         hub = {"train": self.train_split, "validation": self.validation_split}
@@ -337,12 +338,13 @@ class CustomTask:
             if not ds.num_rows:
                 raise SsmloraError(f"custom task: hub split {hub[split]!r} has no rows.")
             feature = ds.features.get(self.label_column)
-            if isinstance(feature, datasets.ClassLabel) and self.labels is None:
-                names = feature.names
+            names = None
+            if isinstance(feature, datasets.ClassLabel) and self.task_type == "classification":
+                names = tuple(feature.names)
                 table[self.label_column] = [
                     None if v is None else names[v] for v in table[self.label_column]
                 ]
-            return table, f"{self.hub_id}[{hub[split]}]"
+            return table, f"{self.hub_id}[{hub[split]}]", names
         if files[split] is None:
             if split == "train":
                 raise SsmloraError(
@@ -351,7 +353,7 @@ class CustomTask:
                 )
             return None
         path = self._path(files[split], data_dir)
-        return read_table(path, self.file_format), str(path)
+        return read_table(path, self.file_format), str(path), None
 
     def _columns(self) -> dict[str, str]:
         """Role -> column name, for the task type."""
@@ -464,14 +466,19 @@ class CustomTask:
             return self._cache[key]
         tables: dict[str, Table] = {}
         sources: dict[str, str] = {}
+        class_names = None
         for split in ("train", "validation", "test"):
             read = self._read(split, data_dir)
             if read is not None:
-                tables[split] = self._check_columns(*read)
+                tables[split] = self._check_columns(read[0], read[1])
                 sources[split] = read[1]
+                class_names = class_names or read[2]
         names, num_labels = None, 1
         if self.task_type == "classification":
-            names = self._label_names_of(tables["train"]["label"], sources["train"])
+            names = self.labels or class_names  # given, or the hub's ClassLabel order
+            if names is None:
+                names = self._label_names_of(tables["train"]["label"], sources["train"])
+            names = tuple(names) if names is not None else None
             if names is None:  # integer ids: as many classes as the largest id needs
                 ids = [int(float(v)) for t in tables.values() for v in t["label"]]
                 num_labels = max(ids) + 1
