@@ -247,9 +247,13 @@ def _tokenizer(rebuilt: Rebuilt):
 def export_rebuilt(rebuilt: Rebuilt, out: str | Path, merge: bool = True) -> dict[str, Path]:
     """Write ``adapter/`` and, for adapters that can be merged, ``merged/`` under ``out``."""
     out = Path(out)
+    label_names = _label_names(rebuilt.task_info)
     written = {
         "adapter": save_adapter(
-            rebuilt.model, out / "adapter", base_model_name_or_path=rebuilt.backbone.name_or_path
+            rebuilt.model,
+            out / "adapter",
+            base_model_name_or_path=rebuilt.backbone.name_or_path,
+            metadata={"label_names": list(label_names)} if label_names else None,
         )
     }
     if not merge:
@@ -258,7 +262,6 @@ def export_rebuilt(rebuilt: Rebuilt, out: str | Path, merge: bool = True) -> dic
         return written
     kind = adapter_config(rebuilt.model).adapter_type
     model = merge_into_backbone(rebuilt.model)
-    label_names = _label_names(rebuilt.task_info)
     if label_names:
         model.config.id2label = dict(enumerate(label_names))
         model.config.label2id = {name: i for i, name in enumerate(label_names)}
@@ -288,6 +291,8 @@ def _mergeable(model: nn.Module) -> bool:
 def _label_names(info: TaskInfo | None) -> tuple[str, ...] | None:
     if info is None or not info.task:
         return None
+    if info.label_names:  # e.g. a custom task's class names, saved with the run
+        return tuple(info.label_names)
     return getattr(get_task(info.task), "label_names", None)
 
 

@@ -288,6 +288,14 @@ class AdapterModule(L.LightningModule):
                 f"The checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
                 f"{sorted(missing)[0]}): it was saved with another adapter configuration."
             )
+        saved = (checkpoint.get("ssmlora_hparams", {}).get("task_info") or {}).get("label_names")
+        current = self.task_info.label_names
+        if saved and current and list(saved) != list(current):
+            raise SsmloraError(
+                f"The checkpoint was trained with the classes {list(saved)} (in id order) but "
+                f"the data now gives {list(current)}: its predictions would be mislabelled. Use "
+                "the training data, or list the classes in data.task_args.labels in that order."
+            )
         states = checkpoint.get("rng_states", {})
         if "torch" in states:
             torch.set_rng_state(states["torch"])

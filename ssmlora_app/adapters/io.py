@@ -44,9 +44,15 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_adapter(
-    model: nn.Module, directory: str | os.PathLike, base_model_name_or_path: str | None = None
+    model: nn.Module,
+    directory: str | os.PathLike,
+    base_model_name_or_path: str | None = None,
+    metadata: dict | None = None,
 ) -> Path:
-    """Write the adapter and trained head of ``model`` (not the backbone) to ``directory``."""
+    """Write the adapter and trained head of ``model`` (not the backbone) to ``directory``.
+
+    ``metadata`` (plain JSON values, e.g. ``{"label_names": [...]}``) is stored beside our config
+    under the ``"ssmlora"`` key of adapter_config.json."""
     config = adapter_config(model)
     spec = get_spec(config.adapter_type)
     directory = Path(directory)
@@ -61,7 +67,11 @@ def save_adapter(
         meta["task_type"] = "SEQ_CLS" if config.modules_to_save else None
         meta["base_model_name_or_path"] = base_model_name_or_path
         meta["inference_mode"] = True
-    meta["ssmlora"] = {"adapter": config.adapter_type, "config": dataclasses.asdict(config)}
+    meta["ssmlora"] = {
+        **(metadata or {}),
+        "adapter": config.adapter_type,
+        "config": dataclasses.asdict(config),
+    }
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
     _atomic_write(
         directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n")

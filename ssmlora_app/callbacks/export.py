@@ -11,7 +11,8 @@ from ssmlora_app.adapters import save_adapter
 
 
 class ExportAdapter(L.Callback):
-    """Save the adapter and head to ``<log_dir>/<dirname>`` at the end of ``fit``."""
+    """Save the adapter and head to ``<log_dir>/<dirname>`` at the end of ``fit`` (with the class
+    names, when the task has them, under ``ssmlora.label_names`` in adapter_config.json)."""
 
     def __init__(self, dirname: str = "adapter"):
         """
@@ -28,5 +29,12 @@ class ExportAdapter(L.Callback):
             return
         backbone = getattr(pl_module, "backbone_config", None)
         name = getattr(backbone, "name_or_path", None)
-        path = save_adapter(pl_module.model, root / self.dirname, base_model_name_or_path=name)
+        info = getattr(pl_module, "task_info", None)
+        names = getattr(info, "label_names", None)
+        path = save_adapter(
+            pl_module.model,
+            root / self.dirname,
+            base_model_name_or_path=name,
+            metadata={"label_names": list(names)} if names else None,
+        )
         rank_zero_info(f"Adapter saved to {path}")

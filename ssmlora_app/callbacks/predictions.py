@@ -4,7 +4,8 @@ For each predicted split: ``<task>_<split>.jsonl`` (one ``{"index", "prediction"
 per example, ``label`` being the gold label when the split has one) and a TSV in the GLUE
 submission layout (``index<TAB>prediction``, files named as the GLUE server expects: ``SST-2.tsv``,
 ``MNLI-m.tsv``, ``MNLI-mm.tsv``, ...). Classes are written as the task's label names (``entailment``)
-or class ids where the task has none (SST-2, CoLA, MRPC, QQP: ``0``/``1``), STS-B as a score.
+or class ids where the task has none (SST-2, CoLA, MRPC, QQP: ``0``/``1``), STS-B as a score; a
+custom task's string labels come back as the original strings (``TaskInfo.label_names``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ class PredictionWriter(BasePredictionWriter):
         if unknown:
             raise SsmloraError(f"predictions.formats: unknown {sorted(unknown)}; use jsonl, tsv.")
 
-    def _label(self, task, value: float | int) -> str | float | int:
+    def _label(self, task, value: float | int, names=None) -> str | float | int:
         if task.is_regression:
             return round(float(value), 4)
-        names = getattr(task, "label_names", None)
+        names = names or getattr(task, "label_names", None)
         return names[int(value)] if names else int(value)
 
     def _tsv_name(self, task, split: str) -> str:
@@ -57,7 +58,9 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices: list,
     ) -> None:
         info = pl_module.task_info
-        task = get_task(info.task)
+        # The data module's task carries its task_args (a custom task's files and labels).
+        task = getattr(getattr(trainer, "datamodule", None), "task", None) or get_task(info.task)
+        names = info.label_names
         if predictions and isinstance(predictions[0], torch.Tensor):  # a single dataloader
             predictions = [predictions]
         if len(batch_indices) != len(predictions):  # Lightning nests them one level deeper
@@ -80,15 +83,15 @@ class PredictionWriter(BasePredictionWriter):
                 path = root / f"{info.task}_{split}{rank}.jsonl"
                 with path.open("w") as f:
                     for index, value in rows:
-                        record = {"index": index, "prediction": self._label(task, value)}
+                        record = {"index": index, "prediction": self._label(task, value, names)}
                         if gold is not None:
-                            record["label"] = self._label(task, gold[index])
+                            record["label"] = self._label(task, gold[index], names)
                         f.write(json.dumps(record) + "\n")
             if "tsv" in self.formats:
                 name = self._tsv_name(task, split)
                 path = root / (name.removesuffix(".tsv") + rank + ".tsv")
                 lines = ["index\tprediction"]
-                lines += [f"{index}\t{self._label(task, value)}" for index, value in rows]
+                lines += [f"{index}\t{self._label(task, value, names)}" for index, value in rows]
                 path.write_text("\n".join(lines) + "\n")
 
 

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks.base import Task, TaskInfo
 from ssmlora_app.tasks.byte_lm import ByteLMTask
+from ssmlora_app.tasks.custom import CustomTask
 from ssmlora_app.tasks.glue import GLUE_TASKS
 from ssmlora_app.tasks.longctx import NarrativeQATask, QMSumTask, QualityTask
 from ssmlora_app.tasks.state_tracking import (
@@ -33,6 +34,7 @@ TASKS: Mapping[str, Task] = MappingProxyType(
         "quality": QualityTask(),
         "qmsum": QMSumTask(),
         "narrativeqa": NarrativeQATask(),
+        "custom": CustomTask(),
     }
 )
 

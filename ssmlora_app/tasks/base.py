@@ -33,6 +33,9 @@ class TaskInfo:
     log-likelihood of the target tokens: state tracking, bits per byte)."""
     max_new_tokens: int = 0
     """Generation length for ``lm_eval: generate`` (also the room kept for the target)."""
+    label_names: tuple[str, ...] | None = None
+    """Class names in class-id order (predictions are written with them; exported adapters and
+    merged models keep them); None when the classes are plain ids."""
 
 
 class Task(Protocol):

@@ -55,7 +55,8 @@ class TaskDataModule(L.LightningDataModule):
             task: Task name: GLUE (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli),
                 SuperGLUE (boolq, cb, copa, multirc, wic, wsc, superglue_rte), long-context
                 (quality, qmsum, narrativeqa), state tracking (dfa, parity, word_problem,
-                word_problem_csv), byte_lm, or quickstart. See the README's task table.
+                word_problem_csv), byte_lm, quickstart, or custom (your own files, set in
+                ``task_args``: see ``ssmlora_app.tasks.custom.CustomTask``). See the README's task table.
             data_dir: Local folder with the task's files (GLUE: the original TSV layout, either the
                 task folder or the GLUE root); null loads the task from the hub.
             tokenizer: Tokenizer hub id or folder; linked from ``model.backbone`` by the CLI.
@@ -126,6 +127,7 @@ class TaskDataModule(L.LightningDataModule):
             objective=self.objective,
             lm_eval=lm_eval,
             max_new_tokens=max_new_tokens if is_lm and lm_eval == "generate" else 0,
+            label_names=None if is_lm else getattr(self.task, "label_names", None),
         )
         self.lm_format = LMFormat(max_length, truncation, lm_eval, self.task_info.max_new_tokens)
         if is_lm:
@@ -164,6 +166,9 @@ class TaskDataModule(L.LightningDataModule):
         if limit is not None and limit < len(ds):
             ds = ds.shuffle(seed=hp.sample_seed).select(range(limit))
         if is_lm:
+            render = getattr(self.task, "render_lm", None)  # tokenizer-dependent formatting
+            if render is not None:
+                ds = render(ds, self.tokenizer)
             missing = [c for c in LM_COLUMNS if c not in ds.column_names]
             if missing:
                 raise SsmloraError(
