@@ -282,11 +282,22 @@ class AdapterModule(L.LightningModule):
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        missing = self._adapter_keys() - set(checkpoint["state_dict"])
-        if missing:
+        saved_state = checkpoint["state_dict"]
+        expected = {f"model.{k}": v for k, v in adapter_state_dict(self.model).items()}
+        missing = sorted(expected.keys() - saved_state.keys())
+        extra = sorted(saved_state.keys() - expected.keys())
+        reshaped = [
+            k
+            for k in expected.keys() & saved_state.keys()
+            if expected[k].shape != saved_state[k].shape
+        ]
+        if missing or extra or reshaped:
+            example = (missing or extra or reshaped)[0]
             raise SsmloraError(
-                f"The checkpoint lacks {len(missing)} adapter tensors of this model (e.g. "
-                f"{sorted(missing)[0]}): it was saved with another adapter configuration."
+                f"The checkpoint does not fit this model's adapter ({len(missing)} tensors missing, "
+                f"{len(extra)} unexpected, {len(reshaped)} of another shape; e.g. {example}): it "
+                "was saved with another adapter configuration. Resume with the run's own "
+                "config.yaml (next to its logs)."
             )
         saved = (checkpoint.get("ssmlora_hparams", {}).get("task_info") or {}).get("label_names")
         current = self.task_info.label_names

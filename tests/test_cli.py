@@ -108,6 +108,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         ("--trainer.logger.init_args.save_dir=/dev/null/runs", "Cannot create the log folder"),
         ("--model.optimzer.init_args.lr=0.1", "unrecognized arguments: --model.optimzer"),
         ("--data.max_length=0", "must be positive"),
+        ("--model.adapter.class_path=ssmlora_app.adapters.NopeConfig", "NopeConfig"),
     ],
 )
 def test_bad_input_fails_early_with_a_clear_message(tmp_path, override, message, capsys):
@@ -221,3 +222,21 @@ def test_a_misspelt_yaml_key_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(typo)])
     assert "does not accept option 'data.batch_sise'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_another_adapter_configuration_is_refused(tmp_path, capsys):
+    quick = ["--trainer.max_epochs=1", "--data.max_train_samples=64", "--data.max_eval_samples=32"]
+    run = fit(tmp_path, *quick, version="r8")
+    with pytest.raises(SystemExit) as exit_info:
+        fit(
+            tmp_path,
+            *quick,
+            "--model.adapter.init_args.r=4",
+            f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+            version="r4",
+        )
+    assert exit_info.value.code == 2
+    assert (
+        "does not fit this model's adapter (0 tensors missing, 0 unexpected, 8 of another shape"
+        in capsys.readouterr().err
+    )
