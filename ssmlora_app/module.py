@@ -71,17 +71,8 @@ class AdapterModule(L.LightningModule):
         super().__init__()
         if task_info is None:
             raise SsmloraError("AdapterModule needs task_info (the CLI links it from data).")
-        # Plain values only, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(
-            ignore=["backbone", "adapter", "optimizer", "scheduler", "task_info"]
-        )
         if adapter is None:  # a saved adapter brings its own config (e.g. a reduced HRM one)
             adapter = read_adapter_config(init_adapter_from) if init_adapter_from else LoRAConfig()
-        self.hparams.update(
-            backbone=asdict(backbone),
-            adapter={"adapter_type": adapter.adapter_type, **asdict(adapter)},
-            task_info=asdict(task_info),
-        )
         self.backbone_config = backbone
         self.task_info = task_info
         self.optimizer_factory = optimizer

@@ -524,7 +524,12 @@ BACKBONES = {"roberta-base": ("roberta", {}), "roberta-large": ("roberta", ROBER
 BACKBONES["gpt2"] = ("gpt2", {})
 NUM_LABELS = {"stsb": 1, "mnli": 3}
 SST2_COUNTS = {"roberta-base": 1_057_040, "roberta-large": 396_288, "gpt2": 148_224}
-SSMLORA_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if "SSMLoRAConfig" in p.read_text())
+SSMLORA_CONFIGS = sorted(
+    p.name
+    for p in CONFIGS.glob("*.yaml")
+    if (yaml.safe_load(p.read_text()).get("model") or {}).get("adapter", {}).get("class_path")
+    == "ssmlora_app.adapters.SSMLoRAConfig"
+)
 
 
 def test_every_glue_task_has_ssmlora_configs():
