@@ -562,6 +562,7 @@ def run_bench(
     device: str = "cpu",
     sequential_max_len: int = 4096,
     command: str = "",
+    progress: Callable[[str], object] | None = None,
 ) -> BenchResult:
     """Measure ``preset`` (overrides as given); see the module docstring for what each number is."""
     dev = torch.device(device)
@@ -601,12 +602,16 @@ def run_bench(
         result.notes.append("no 'lora' row: ratios are left empty")
     vocab = preset.backbone.get("vocab_size", 1000)
     for seq_len in lengths:
+        if progress:
+            progress(f"measuring {', '.join(runners)} at seq_len {seq_len} ...")
         result.rows += measure_models(runners, seq_len, batch, vocab, warmup, repeats, dev)
     del runners
     gc.collect()
     if scan_seq_lens is None:
         scan_seq_lens = preset.scan_seq_lens
     if scan_seq_lens:
+        if progress:
+            progress(f"measuring the scan alone at seq_len {list(scan_seq_lens)} ...")
         result.scan_rows = measure_scan(
             scan_seq_lens, preset.backbone["hidden_size"], preset.hrm_d_state, batch,
             warmup, repeats, dev, sequential_max_len,
@@ -712,13 +717,15 @@ def plot(result: BenchResult, path: Path) -> bool:
 def write_outputs(result: BenchResult, out_dir: Path) -> dict[str, Path]:
     """``bench_<preset>.json`` and ``bench_<preset>.png`` (when matplotlib is installed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / f"bench_{result.preset}.json"}
-    paths["json"].write_text(json.dumps(asdict(result), indent=1) + "\n")
+    paths = {}
     png = out_dir / f"bench_{result.preset}.png"
-    if plot(result, png):
-        paths["png"] = png
-    else:
-        result.notes.append("no plot: install the bench extra (pip install 'ssmlora[bench]')")
+    if result.rows or result.scan_rows:
+        if plot(result, png):
+            paths["png"] = png
+        else:
+            result.notes.append("no plot: install the bench extra (pip install 'ssmlora[bench]')")
+    paths["json"] = out_dir / f"bench_{result.preset}.json"
+    paths["json"].write_text(json.dumps(asdict(result), indent=1) + "\n")
     return paths
 
 

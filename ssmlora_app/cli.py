@@ -124,6 +124,7 @@ def bench(
         device=device,
         sequential_max_len=sequential_max_len,
         command=command_line("ssmlora bench", locals()),
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     paths = write_outputs(result, Path(out))
     print(format_table(result))
