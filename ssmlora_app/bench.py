@@ -326,8 +326,20 @@ class Timing:
         return (self.max - self.min) / self.median if self.median > 0 else 0.0
 
 
+CLOCKS: MappingProxyType[str, Callable[[], float]] = MappingProxyType(
+    {"wall": time.perf_counter, "cpu": time.process_time}
+)
+"""``wall``: elapsed time (GPU, or a CPU of one's own). ``cpu``: this process's CPU time (user +
+system, all threads): on a CPU shared with other jobs it leaves out the time spent waiting for a
+core, which otherwise dominates the noise; with one thread it equals wall time on an idle CPU."""
+
+
 def interleaved_times(
-    calls: dict[str, Callable[[], object]], warmup: int, repeats: int, device: torch.device
+    calls: dict[str, Callable[[], object]],
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Time each call ``repeats`` times, interleaved (A B C, B C A, …) after ``warmup`` rounds."""
     names = list(calls)
@@ -340,10 +352,10 @@ def interleaved_times(
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             calls[name]()
             _sync(device)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return {name: Timing.of(s) for name, s in samples.items()}
 
 
@@ -393,6 +405,8 @@ class BenchResult:
     batch_size: int
     warmup: int
     repeats: int
+    clock: str
+    """``wall`` or ``cpu`` (see :data:`CLOCKS`)."""
     memory_method: str
     rows: list[dict] = field(default_factory=list)
     """One per (method, seq_len): times, peaks, trainable parameters, ratios to LoRA."""
@@ -452,14 +466,23 @@ def measure_models(
     warmup: int,
     repeats: int,
     device: torch.device,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict]:
     """Whole-model rows at one sequence length: interleaved times, then one peak per row."""
     batch = _batch(vocab, batch_size, seq_len, device)
     train = interleaved_times(
-        {n: (lambda r=r: r.train_step(batch)) for n, r in runners.items()}, warmup, repeats, device
+        {n: (lambda r=r: r.train_step(batch)) for n, r in runners.items()},
+        warmup,
+        repeats,
+        device,
+        clock,
     )
     infer = interleaved_times(
-        {n: (lambda r=r: r.infer(batch)) for n, r in runners.items()}, warmup, repeats, device
+        {n: (lambda r=r: r.infer(batch)) for n, r in runners.items()},
+        warmup,
+        repeats,
+        device,
+        clock,
     )
     rows = []
     for name, runner in runners.items():
@@ -495,6 +518,7 @@ def measure_scan(
     repeats: int,
     device: torch.device,
     sequential_max_len: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict]:
     """The HRM scan alone (``discretize`` + ``lti_scan``, fwd + bwd of ``y.sum()``) with FFT and
     sequential scans, next to a LoRA r=16 bypass ``(x A) B`` of the same width; ``u (B, L, D)``
@@ -526,7 +550,7 @@ def measure_scan(
         }
         if seq_len <= sequential_max_len:
             calls["scan_sequential"] = lambda u=u: scan(u, "sequential")
-        times = interleaved_times(calls, warmup, repeats, device)
+        times = interleaved_times(calls, warmup, repeats, device, clock)
         for name, timing in times.items():
             rows.append(
                 {
@@ -561,12 +585,16 @@ def run_bench(
     repeats: int = 3,
     device: str = "cpu",
     sequential_max_len: int = 4096,
+    clock: str = "wall",
     command: str = "",
     progress: Callable[[str], object] | None = None,
 ) -> BenchResult:
     """Measure ``preset`` (overrides as given); see the module docstring for what each number is."""
     dev = torch.device(device)
     on_gpu = dev.type == "cuda"
+    if clock not in CLOCKS or (on_gpu and clock != "wall"):
+        raise SsmloraError(f"clock must be 'wall' (any device) or 'cpu' (CPU only), got {clock!r}.")
+    tick = CLOCKS[clock]
     batch = batch_size or (preset.batch_size if on_gpu else preset.cpu_batch_size)
     lengths = list(seq_lens or (preset.seq_lens if on_gpu else preset.cpu_seq_lens))
     memory = (
@@ -585,6 +613,7 @@ def run_bench(
         batch_size=batch,
         warmup=warmup,
         repeats=repeats,
+        clock=clock,
         memory_method=memory,
     )
     if preset.requires_adapter and preset.requires_adapter not in ADAPTERS:
@@ -604,7 +633,7 @@ def run_bench(
     for seq_len in lengths:
         if progress:
             progress(f"measuring {', '.join(runners)} at seq_len {seq_len} ...")
-        result.rows += measure_models(runners, seq_len, batch, vocab, warmup, repeats, dev)
+        result.rows += measure_models(runners, seq_len, batch, vocab, warmup, repeats, dev, tick)
     del runners
     gc.collect()
     if scan_seq_lens is None:
@@ -614,7 +643,7 @@ def run_bench(
             progress(f"measuring the scan alone at seq_len {list(scan_seq_lens)} ...")
         result.scan_rows = measure_scan(
             scan_seq_lens, preset.backbone["hidden_size"], preset.hrm_d_state, batch,
-            warmup, repeats, dev, sequential_max_len,
+            warmup, repeats, dev, sequential_max_len, tick,
         )  # fmt: skip
     for name in dict.fromkeys(r["method"] for r in result.rows):
         rows = [r for r in result.rows if r["method"] == name]
@@ -641,7 +670,8 @@ def format_table(result: BenchResult) -> str:
     """The terminal table: one line per (seq_len, method), ratios to LoRA last."""
     lines = [
         f"ssmlora bench --preset {result.preset}: {result.device} ({result.machine}), "
-        f"batch {result.batch_size}, median of {result.repeats} (warm-up {result.warmup}), "
+        f"batch {result.batch_size}, {result.clock} clock, median of {result.repeats} "
+        f"(warm-up {result.warmup}), "
         f"{result.date}",
         f"{'seq':>6} {'method':<26} {'params':>11} {'train s':>9} {'±%':>5} {'infer s':>9} "
         f"{'±%':>5} {'peak MiB':>9} {'train×':>7} {'infer×':>7} {'mem×':>6}",

@@ -77,6 +77,7 @@ def bench(
     device: str = "cpu",
     sequential_max_len: int = 4096,
     threads: int | None = None,
+    clock: str = "wall",
     out: str = "runs/bench",
 ) -> None:
     """Measure train-step time, inference time and peak memory of adapters side by side, on a
@@ -96,6 +97,8 @@ def bench(
         sequential_max_len: Longest sequence the slow sequential scan is timed at (scan rows).
         threads: CPU threads for torch (default: torch's). On a CPU shared with other jobs use 1:
             OpenMP threads that wait for a busy core make every op many times slower.
+        clock: wall (elapsed time) or cpu (the process's CPU time, CPU only): on a shared CPU,
+            cpu leaves out the time spent waiting for a core; use it with --threads 1.
         out: Folder for bench_<preset>.json and bench_<preset>.png.
     """
     import torch
@@ -123,6 +126,7 @@ def bench(
         repeats=repeats,
         device=device,
         sequential_max_len=sequential_max_len,
+        clock=clock,
         command=command_line("ssmlora bench", locals()),
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )

@@ -154,9 +154,11 @@ def test_preset_without_its_adapter_is_skipped_with_a_note(monkeypatch):
     assert result.rows == [] and "no-such-adapter" in result.notes[0]
 
 
-def test_unknown_method_is_an_error():
+def test_unknown_method_or_clock_is_an_error():
     with pytest.raises(SsmloraError, match="Unknown bench method"):
         run_bench("tiny", TINY, methods=["lora", "nope"], warmup=0, repeats=1)
+    with pytest.raises(SsmloraError, match="clock"):
+        run_bench("tiny", TINY, clock="sundial", warmup=0, repeats=1)
 
 
 def test_presets_build_their_backbones_on_meta():
@@ -197,6 +199,7 @@ def test_cli_bench_runs_a_tiny_measurement(tmp_path, capsys):
             "--warmup=0",
             "--repeats=1",
             "--threads=1",
+            "--clock=cpu",
             f"--out={tmp_path}",
         ]
     )
@@ -205,3 +208,4 @@ def test_cli_bench_runs_a_tiny_measurement(tmp_path, capsys):
     data = json.loads((tmp_path / "bench_llama-tiny.json").read_text())
     assert {r["method"] for r in data["rows"]} == {"lora", "hrm_fft"}
     assert data["scan_rows"] == [] and "--seq_lens [16]" in data["command"]
+    assert data["clock"] == "cpu" and "cpu clock" in out
