@@ -32,7 +32,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,8 +57,8 @@ BASELINE = "lora"
 class BenchPreset:
     """A backbone shape and the settings it is measured at."""
 
-    backbone: dict
-    """Transformers config dict with ``model_type`` (random weights)."""
+    backbone: Mapping[str, object]
+    """Transformers config fields with ``model_type`` (random weights)."""
     seq_lens: tuple[int, ...]
     """Sequence lengths of the whole-model rows (GPU)."""
     batch_size: int
@@ -79,47 +79,55 @@ class BenchPreset:
     """Skip the whole preset when this adapter is not in the registry."""
 
 
-_ROBERTA_BASE = {
-    "model_type": "roberta",
-    "vocab_size": 50265,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 514,
-    "type_vocab_size": 1,
-    "pad_token_id": 1,
-}
-_LLAMA_TINY = {
-    "model_type": "llama",
-    "vocab_size": 1000,
-    "hidden_size": 256,
-    "intermediate_size": 688,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 16384,
-    "pad_token_id": 0,
-}
-_LLAMA_1B_LAYER = {  # one layer of Llama-3.2-1B's shapes; the vocabulary cut to keep RAM small
-    "model_type": "llama",
-    "vocab_size": 1000,
-    "hidden_size": 2048,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 16384,
-    "pad_token_id": 0,
-}
-_MAMBA_130M = {
-    "model_type": "mamba",
-    "vocab_size": 50280,
-    "hidden_size": 768,
-    "state_size": 16,
-    "num_hidden_layers": 24,
-    "pad_token_id": 0,
-}
+_ROBERTA_BASE = MappingProxyType(
+    {
+        "model_type": "roberta",
+        "vocab_size": 50265,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 514,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+    }
+)
+_LLAMA_TINY = MappingProxyType(
+    {
+        "model_type": "llama",
+        "vocab_size": 1000,
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 16384,
+        "pad_token_id": 0,
+    }
+)
+_LLAMA_1B_LAYER = MappingProxyType(
+    {  # one layer of Llama-3.2-1B's shapes; the vocabulary cut to keep RAM small
+        "model_type": "llama",
+        "vocab_size": 1000,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 16384,
+        "pad_token_id": 0,
+    }
+)
+_MAMBA_130M = MappingProxyType(
+    {
+        "model_type": "mamba",
+        "vocab_size": 50280,
+        "hidden_size": 768,
+        "state_size": 16,
+        "num_hidden_layers": 24,
+        "pad_token_id": 0,
+    }
+)
 _ALL = ("frozen", "full", "lora", "peft_lora", "ssmlora", "hrm_fft", "hrm_sequential")
 
 PRESETS: MappingProxyType[str, BenchPreset] = MappingProxyType(
