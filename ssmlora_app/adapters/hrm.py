@@ -125,6 +125,14 @@ def discretize(log_A: Tensor, log_dt: Tensor, B: Tensor) -> tuple[Tensor, Tensor
     return A_bar, ((A_bar - 1) / a)[:, None] * B  # (d,), (d, D)
 
 
+def _add(fresh: Tensor, other: Tensor) -> Tensor:
+    """``other + fresh``, in place into ``fresh`` (a temporary no backward reads) when the
+    shapes and dtypes allow it."""
+    if fresh.shape == other.shape and fresh.dtype == other.dtype:
+        return fresh.add_(other)
+    return other + fresh
+
+
 class _HRMBypass(AdapterLayer):
     """Shared wrapper logic: ``base_layer`` plus ``g · SSM(u)``; subclasses define the system.
 
@@ -163,10 +171,14 @@ class _HRMBypass(AdapterLayer):
         return (self.gate * self.ssm(u).float()).to(u.dtype)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        # The sums are accumulated in place into the fresh ``g·y`` buffer, which no backward
+        # needs (``g·y``'s backward reads ``g`` and ``y``): bitwise the same as ``a + g·y``
+        # (IEEE addition commutes) without one more ``(B, L, D)`` tensor per layer.
         if self.post_ln:
             u = args[0] if args else kwargs.pop("input_tensor")
-            return self.base_layer(x, u + self.bypass(u), *args[1:], **kwargs)
-        return self.base_layer(x, *args, **kwargs) + self.bypass(x)
+            return self.base_layer(x, _add(self.bypass(u), u), *args[1:], **kwargs)
+        out = self.base_layer(x, *args, **kwargs)
+        return _add(self.bypass(x), out)
 
     def reset_state(self) -> None:
         self._state = None

@@ -101,7 +101,11 @@ class LoRALinear(AdapterLayer):
         if self.merged:
             return result
         x = self.lora_dropout(x.to(self.lora_A.weight.dtype))
-        return result + (self.lora_B(self.lora_A(x)) * self.scaling).to(result.dtype)
+        # Same arithmetic as peft (B(A x), times s, plus the base output), but the scale and the
+        # sum run in place on fresh buffers: neither is saved for backward (a linear's and a
+        # scalar product's backward need no output), so this saves two (..., d_out) temporaries.
+        delta = self.lora_B(self.lora_A(x)).mul_(self.scaling).to(result.dtype)
+        return result.add_(delta)
 
 
 def inject_lora(model: nn.Module, config: LoRAConfig, skip: list[str]) -> list[str]:

@@ -1,0 +1,211 @@
+"""ssmlora bench: the machinery on a tiny config (no timing assertions), the exponent fit, the CLI."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ssmlora_app.bench import (
+    PRESETS,
+    BenchPreset,
+    fit_exponent,
+    format_table,
+    interleaved_times,
+    peak_memory_mb,
+    run_bench,
+    write_outputs,
+)
+from ssmlora_app.cli import EXTRA_COMMANDS, main
+from ssmlora_app.errors import SsmloraError
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "pad_token_id": 0,
+}
+TINY = BenchPreset(
+    backbone=TINY_LLAMA,
+    seq_lens=(8, 16),
+    batch_size=2,
+    cpu_seq_lens=(8, 16),
+    cpu_batch_size=2,
+    lora_targets=("q_proj", "v_proj"),
+    methods=("frozen", "full", "lora", "peft_lora", "ssmlora", "hrm_fft", "hrm_sequential"),
+    scan_seq_lens=(8, 16),
+    hrm_d_state=4,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared CPU, OpenMP threads waiting for busy cores make each op
+    many times slower (and ``bench --threads`` changes the process's setting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_result(one_thread):
+    return run_bench("tiny", TINY, warmup=0, repeats=1)
+
+
+def test_tiny_bench_measures_every_available_method(tiny_result):
+    from ssmlora_app.adapters.registry import ADAPTERS
+
+    methods = {r["method"] for r in tiny_result.rows}
+    assert {"frozen", "full", "lora", "peft_lora", "hrm_fft", "hrm_sequential"} <= methods
+    assert ("ssmlora_full_model" in methods) == ("ssmlora" in ADAPTERS)
+    if "ssmlora" not in ADAPTERS:
+        assert any("ssmlora" in n and "skipped" in n for n in tiny_result.notes)
+    assert {r["seq_len"] for r in tiny_result.rows} == {8, 16}
+    for row in tiny_result.rows:
+        assert row["train_s"]["median"] > 0 and row["infer_s"]["median"] > 0
+        assert len(row["train_s"]["samples"]) == 1
+    by = {(r["method"], r["seq_len"]): r for r in tiny_result.rows}
+    lora = by["lora", 8]
+    assert lora["train_vs_lora"] == 1.0
+    assert by["hrm_fft", 8]["train_vs_lora"] == pytest.approx(
+        by["hrm_fft", 8]["train_s"]["median"] / lora["train_s"]["median"]
+    )
+    # trainable parameters: our LoRA and peft's on the same targets agree; full trains all
+    assert by["lora", 8]["trainable_params"] == by["peft_lora", 8]["trainable_params"]
+    assert by["frozen", 8]["trainable_params"] < by["lora", 8]["trainable_params"]
+    assert by["full", 8]["trainable_params"] > 10 * by["lora", 8]["trainable_params"]
+    assert set(tiny_result.exponents) >= {"lora", "hrm_fft", "scan_fft", "scan_sequential"}
+
+
+def test_scan_rows_compare_fft_and_sequential(tiny_result):
+    comps = {(r["component"], r["seq_len"]): r for r in tiny_result.scan_rows}
+    assert set(comps) == {
+        (c, n) for c in ("scan_fft", "scan_sequential", "lora_bypass") for n in (8, 16)
+    }
+    seq = comps["scan_sequential", 16]
+    assert seq["fft_speedup"] == pytest.approx(
+        seq["fwd_bwd_s"]["median"] / comps["scan_fft", 16]["fwd_bwd_s"]["median"]
+    )
+    assert comps["lora_bypass", 8]["vs_lora_bypass"] == 1.0
+
+
+def test_outputs_table_json_and_png(tiny_result, tmp_path):
+    paths = write_outputs(tiny_result, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["preset"] == "tiny" and data["memory_method"]
+    assert len(data["rows"]) == len(tiny_result.rows)
+    keys = {"method", "seq_len", "train_s", "infer_s", "train_peak_mb", "train_vs_lora"}
+    assert keys <= set(data["rows"][0])
+    pytest.importorskip("matplotlib")
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    table = format_table(tiny_result)
+    for method in ("lora", "peft_lora", "hrm_fft", "scan_sequential"):
+        assert method in table
+    assert "fitted time ∝ L^p" in table
+
+
+def test_peak_memory_sees_a_large_allocation():
+    size_mb = 64
+
+    def allocate():
+        x = torch.ones(size_mb * 2**20 // 4)  # 64 MiB of fp32, touched
+        return float(x[-1])
+
+    small = peak_memory_mb(lambda: torch.ones(16).sum(), torch.device("cpu"))
+    big = peak_memory_mb(allocate, torch.device("cpu"))
+    if big is None:
+        pytest.skip("no /proc/self/clear_refs here: CPU peak memory is reported as unavailable")
+    assert size_mb * 0.9 <= big <= size_mb * 1.5 + small
+
+
+def test_interleaved_times_order_rotates():
+    calls = []
+    times = interleaved_times(
+        {n: (lambda n=n: calls.append(n)) for n in "abc"}, 1, 3, torch.device("cpu")
+    )
+    assert calls == list("abc" + "abc" + "bca" + "cab")
+    assert set(times) == set("abc") and all(len(t.samples) == 3 for t in times.values())
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 0.5])
+def test_exponent_fit_recovers_power_laws(p):
+    lengths = [512, 1024, 2048, 4096, 8192, 16384]
+    assert fit_exponent(lengths, [3e-6 * n**p for n in lengths]) == pytest.approx(p)
+
+
+def test_exponent_fit_of_l_log_l_is_slightly_above_one():
+    lengths = [512, 1024, 2048, 4096, 8192, 16384]
+    p = fit_exponent(lengths, [n * math.log(n) for n in lengths])
+    assert 1.05 < p < 1.2
+    assert fit_exponent([512], [1.0]) is None
+
+
+def test_preset_without_its_adapter_is_skipped_with_a_note(monkeypatch):
+    preset = replace(TINY, requires_adapter="no-such-adapter")
+    result = run_bench("tiny", preset, warmup=0, repeats=1)
+    assert result.rows == [] and "no-such-adapter" in result.notes[0]
+
+
+def test_unknown_method_or_clock_is_an_error():
+    with pytest.raises(SsmloraError, match="Unknown bench method"):
+        run_bench("tiny", TINY, methods=["lora", "nope"], warmup=0, repeats=1)
+    with pytest.raises(SsmloraError, match="clock"):
+        run_bench("tiny", TINY, clock="sundial", warmup=0, repeats=1)
+
+
+def test_presets_build_their_backbones_on_meta():
+    from transformers import AutoConfig
+
+    for name, preset in PRESETS.items():
+        fields = dict(preset.backbone)
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        assert config.hidden_size > 0, name
+        assert set(preset.methods) <= {
+            "frozen", "full", "lora", "peft_lora", "ssmlora", "hrm_fft", "hrm_sequential", "sdt",
+        }  # fmt: skip
+
+
+def test_cli_bench_parses_and_rejects_bad_input(capsys):
+    assert "bench" in EXTRA_COMMANDS
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "--help"])
+    assert err.value.code == 0
+    help_text = capsys.readouterr().out
+    for option in ("--preset", "--seq_lens", "--methods", "--repeats", "--threads", "--out"):
+        assert option in help_text
+    with pytest.raises(SystemExit) as err:
+        main(["bench", "--preset", "no-such-preset"])
+    assert err.value.code == 2
+    assert "Unknown bench preset" in capsys.readouterr().err
+
+
+def test_cli_bench_runs_a_tiny_measurement(tmp_path, capsys):
+    main(
+        [
+            "bench",
+            "--preset=llama-tiny",
+            "--methods=[lora,hrm_fft]",
+            "--seq_lens=[16]",
+            "--scan_seq_lens=[]",
+            "--batch_size=1",
+            "--warmup=0",
+            "--repeats=1",
+            "--threads=1",
+            "--clock=cpu",
+            f"--out={tmp_path}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "hrm_fft" in out and "Written:" in out
+    data = json.loads((tmp_path / "bench_llama-tiny.json").read_text())
+    assert {r["method"] for r in data["rows"]} == {"lora", "hrm_fft"}
+    assert data["scan_rows"] == [] and "--seq_lens [16]" in data["command"]
+    assert data["clock"] == "cpu" and "cpu clock" in out
