@@ -185,12 +185,41 @@ def bench(
     print("Written: " + ", ".join(str(p) for p in paths.values()))
 
 
+def sweep(
+    configs: list[str],
+    seeds: list[int] = [0, 1, 2],  # noqa: B006 (a jsonargparse default, never mutated)
+    adapters: list[str] | None = None,
+    runs: str = "runs/sweep",
+    overrides: list[str] | None = None,
+    dry_run: bool = False,
+) -> None:
+    """Fit every config x adapter x seed into one runs folder, one run after another (or print the
+    commands for a cluster scheduler); then ``ssmlora report --runs RUNS``.
+
+    Args:
+        configs: Config files (e.g. ``[configs/roberta_sst2_lora.yaml, configs/roberta_rte_lora.yaml]``).
+        seeds: Seeds (``seed_everything``) of each cell.
+        adapters: Adapter names (lora, ssmlora, hrm, sdt) replacing each config's adapter with its
+            default config; null keeps the configs' own adapters.
+        runs: Runs folder; each run logs to ``RUNS/<config>[_<adapter>]/seed<seed>``.
+        overrides: Extra arguments for every run (e.g. ``["--trainer.max_epochs=3"]``).
+        dry_run: Print the commands, one per line, instead of running them.
+    """
+    from ssmlora_app.sweep import run_sweep, sweep_commands
+
+    commands = sweep_commands(configs, seeds, adapters, runs, overrides or [])
+    failed = run_sweep(commands, dry_run)
+    if failed:
+        raise SsmloraError(f"sweep: {failed} of {len(commands)} runs failed (see above).")
+
+
 EXTRA_COMMANDS = {
     "reduce": reduce,
     "export": export,
     "import": import_adapter,
     "report": report,
     "bench": bench,
+    "sweep": sweep,
 }
 """Subcommands besides LightningCLI's fit/validate/test/predict: one typed function each."""
 

@@ -1,0 +1,76 @@
+"""``ssmlora sweep``: a grid of configs x adapters x seeds, run one after another into one runs
+folder (or printed, one command per line, for a cluster scheduler); ``ssmlora report`` reads it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from ssmlora_app.adapters.registry import ADAPTERS, get_spec
+from ssmlora_app.errors import SsmloraError
+
+
+def adapter_override(name: str) -> str:
+    """``--model.adapter=...`` with every field of the adapter's default config spelt out (so no
+    field of the config file's adapter carries over to another adapter class)."""
+    spec = get_spec(name)
+    config = spec.config_cls()
+    config.validate()
+    init_args = dataclasses.asdict(config)
+    class_path = f"ssmlora_app.adapters.{spec.config_cls.__name__}"
+    return "--model.adapter=" + json.dumps({"class_path": class_path, "init_args": init_args})
+
+
+def sweep_commands(
+    configs: list[str],
+    seeds: list[int],
+    adapters: list[str] | None,
+    runs_dir: str,
+    overrides: list[str],
+) -> list[list[str]]:
+    """One ``ssmlora fit`` argument list per (config, adapter, seed); runs are logged to
+    ``<runs_dir>/<config>[_<adapter>]/seed<seed>``."""
+    for config in configs:
+        if not Path(config).is_file():
+            raise SsmloraError(f"sweep: no config file {config}.")
+    for name in adapters or []:
+        if name not in ADAPTERS:
+            raise SsmloraError(f"sweep: unknown adapter {name!r}; known: {sorted(ADAPTERS)}.")
+    if not seeds:
+        raise SsmloraError("sweep: give at least one seed.")
+    commands = []
+    for config in configs:
+        for adapter in adapters or [None]:
+            name = Path(config).stem + (f"_{adapter}" if adapter else "")
+            for seed in seeds:
+                command = ["fit", "--config", config, f"--seed_everything={seed}"]
+                command.append(f"--data.shuffle_seed={seed}")  # the seed varies the data order too
+                if adapter:
+                    command.append(adapter_override(adapter))
+                command += [
+                    f"--trainer.logger.init_args.save_dir={runs_dir}",
+                    f"--trainer.logger.init_args.name={name}",
+                    f"--trainer.logger.init_args.version=seed{seed}",
+                    *overrides,
+                ]
+                commands.append(command)
+    return commands
+
+
+def run_sweep(commands: list[list[str]], dry_run: bool) -> int:
+    """Print the commands (``dry_run``) or run them one after another; returns the number that
+    failed (a failed run does not stop the others)."""
+    failed = 0
+    for command in commands:
+        line = shlex.join(["ssmlora", *command])
+        print(line, flush=True)
+        if not dry_run:
+            result = subprocess.run([sys.executable, "-m", "ssmlora_app", *command])
+            if result.returncode != 0:
+                failed += 1
+                print(f"sweep: failed ({result.returncode}): {line}", file=sys.stderr, flush=True)
+    return failed
