@@ -59,22 +59,24 @@ class BackboneConfig:
         return self.tokenizer or self.name_or_path
 
 
-def build_classifier(
+def _build(
+    auto_cls,
     backbone: BackboneConfig,
-    num_labels: int,
-    problem_type: str,
-    vocab_size: int | None = None,
-    pad_token_id: int | None = None,
-) -> PreTrainedModel:
-    """A ``*ForSequenceClassification`` model with ``num_labels`` outputs.
+    vocab_size: int | None,
+    pad_token_id: int | None,
+    defaults: dict | None = None,
+    overrides: dict | None = None,
+    wrap=None,
+):
+    """``auto_cls`` (an ``AutoModel*`` class) from the config dict (random weights, seeded with
+    ``backbone.init_seed``) or from the hub / a folder; ``wrap`` (if given) is applied to it.
 
-    ``problem_type`` is ``single_label_classification`` or ``regression`` (one output, MSE).
-    A ``config`` backbone takes ``vocab_size``/``pad_token_id`` from the tokenizer unless its
-    dict sets them.
+    Config values: ``defaults`` < the config dict (or the checkpoint's config) < ``overrides``.
+    A ``config`` backbone takes ``vocab_size``/``pad_token_id`` from the tokenizer unless its dict
+    sets them.
     """
-    kwargs = {"num_labels": num_labels, "problem_type": problem_type}
-    if _model_type(backbone) in SSM_MODEL_TYPES:
-        return build_ssm_classifier(backbone, kwargs, vocab_size, pad_token_id)
+    defaults, overrides = defaults or {}, overrides or {}
+    wrap = wrap or (lambda model: model)
     if backbone.config is not None:
         fields = dict(backbone.config)
         model_type = fields.pop("model_type")
@@ -87,16 +89,17 @@ def build_classifier(
                 )
         if pad_token_id is not None:
             fields.setdefault("pad_token_id", pad_token_id)
-        config = AutoConfig.for_model(model_type, **fields, **kwargs)
+        config = AutoConfig.for_model(model_type, **{**defaults, **fields, **overrides})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(backbone.init_seed)
-            return AutoModelForSequenceClassification.from_config(config)
+            return wrap(auto_cls.from_config(config))
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = auto_cls.from_pretrained(
             backbone.name_or_path,
             revision=backbone.revision,
             trust_remote_code=backbone.trust_remote_code,
-            **kwargs,
+            **defaults,
+            **overrides,
         )
     except OSError as err:
         raise SsmloraError(
@@ -105,7 +108,31 @@ def build_classifier(
         ) from None
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # decoders (GPT-2, Llama) pool the last non-pad
-    return model
+    return wrap(model)
+
+
+def build_classifier(
+    backbone: BackboneConfig,
+    num_labels: int,
+    problem_type: str,
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+) -> PreTrainedModel:
+    """A ``*ForSequenceClassification`` model with ``num_labels`` outputs (Mamba backbones:
+    :class:`SSMForSequenceClassification`).
+
+    ``problem_type`` is ``single_label_classification`` or ``regression`` (one output, MSE).
+    """
+    labels = {"num_labels": num_labels, "problem_type": problem_type}
+    if _model_type(backbone) in SSM_MODEL_TYPES:
+        # mambapy's parallel scan on the pure-PyTorch path when installed (the fused CUDA
+        # kernels, when present, take precedence in training).
+        defaults = {"use_mambapy": True} if is_mambapy_available() else {}
+        return _build(AutoModel, backbone, vocab_size, pad_token_id, defaults, labels,
+                      wrap=SSMForSequenceClassification)  # fmt: skip
+    return _build(
+        AutoModelForSequenceClassification, backbone, vocab_size, pad_token_id, overrides=labels
+    )
 
 
 SSM_MODEL_TYPES = ("mamba", "mamba2")
@@ -169,82 +196,8 @@ class SSMForSequenceClassification(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def build_ssm_classifier(
-    backbone: BackboneConfig, kwargs: dict, vocab_size: int | None, pad_token_id: int | None
-) -> SSMForSequenceClassification:
-    """:class:`SSMForSequenceClassification` over a Mamba / Mamba-2 base model, from a config dict
-    (random weights) or the hub. Uses ``mambapy``'s parallel scan on the pure-PyTorch path when
-    installed (the fused CUDA kernels, when present, take precedence in training)."""
-    extra = {"use_mambapy": True} if is_mambapy_available() else {}
-    if backbone.config is not None:
-        fields = dict(backbone.config)
-        model_type = fields.pop("model_type")
-        if vocab_size is not None:
-            fields.setdefault("vocab_size", vocab_size)
-            if fields["vocab_size"] < vocab_size:
-                raise SsmloraError(
-                    f"model.backbone.config.vocab_size={fields['vocab_size']} is smaller than the "
-                    f"tokenizer's {vocab_size} tokens."
-                )
-        if pad_token_id is not None:
-            fields.setdefault("pad_token_id", pad_token_id)
-        config = AutoConfig.for_model(model_type, **{**extra, **fields}, **kwargs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(backbone.init_seed)
-            return SSMForSequenceClassification(AutoModel.from_config(config))
-    try:
-        base = AutoModel.from_pretrained(
-            backbone.name_or_path,
-            revision=backbone.revision,
-            trust_remote_code=backbone.trust_remote_code,
-            **extra,
-            **kwargs,
-        )
-    except OSError as err:
-        raise SsmloraError(
-            f"Cannot load backbone {backbone.name_or_path!r}: {err}. Give a hub id (with network "
-            "or a filled HF cache) or a local folder, or model.backbone.config for random weights."
-        ) from None
-    if base.config.pad_token_id is None and pad_token_id is not None:
-        base.config.pad_token_id = pad_token_id
-    return SSMForSequenceClassification(base)
-
-
 def build_causal_lm(
     backbone: BackboneConfig, vocab_size: int | None = None, pad_token_id: int | None = None
 ) -> PreTrainedModel:
-    """A ``*ForCausalLM`` model (its own LM head, frozen like the rest of the backbone).
-
-    A ``config`` backbone takes ``vocab_size``/``pad_token_id`` from the tokenizer unless its
-    dict sets them (a byte-level task: 256 or 258 tokens).
-    """
-    if backbone.config is not None:
-        fields = dict(backbone.config)
-        model_type = fields.pop("model_type")
-        if vocab_size is not None:
-            fields.setdefault("vocab_size", vocab_size)
-            if fields["vocab_size"] < vocab_size:
-                raise SsmloraError(
-                    f"model.backbone.config.vocab_size={fields['vocab_size']} is smaller than the "
-                    f"tokenizer's {vocab_size} tokens."
-                )
-        if pad_token_id is not None:
-            fields.setdefault("pad_token_id", pad_token_id)
-        config = AutoConfig.for_model(model_type, **fields)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(backbone.init_seed)
-            return AutoModelForCausalLM.from_config(config)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            backbone.name_or_path,
-            revision=backbone.revision,
-            trust_remote_code=backbone.trust_remote_code,
-        )
-    except OSError as err:
-        raise SsmloraError(
-            f"Cannot load backbone {backbone.name_or_path!r}: {err}. Give a hub id (with network "
-            "or a filled HF cache) or a local folder, or model.backbone.config for random weights."
-        ) from None
-    if model.config.pad_token_id is None and pad_token_id is not None:
-        model.config.pad_token_id = pad_token_id
-    return model
+    """A ``*ForCausalLM`` model (its own LM head, frozen like the rest of the backbone)."""
+    return _build(AutoModelForCausalLM, backbone, vocab_size, pad_token_id)
