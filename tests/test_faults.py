@@ -9,6 +9,7 @@ import time
 import lightning as L
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ssmlora_app.adapters import LoRAConfig
 from ssmlora_app.backbone import BackboneConfig
@@ -99,3 +100,40 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     assert "SIGTERM: checkpoint saved" in output
     checkpoint = torch.load(last, weights_only=True)
     assert 0 < checkpoint["global_step"] < 100 * 63
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_adapter(tmp_path):
+    """8 steps per epoch, a checkpoint every 5 steps, a kill at step 7: the run resumes from
+    step 5 (mid-epoch) and ends with the adapter of a run that was never interrupted."""
+
+    def fit(version, *extra):
+        args = [
+            "fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs=2",
+            "--data.max_train_samples=256", "--data.max_eval_samples=64",
+            "--checkpoint.every_n_train_steps=5", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.logger.init_args.version={version}", "--trainer.enable_progress_bar=false",
+            *extra,
+        ]  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "tests.metrics_dump", *args],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    assert fit("straight").returncode == 0
+    killed = fit(
+        "resumed",
+        "--trainer.callbacks+=tests.metrics_dump.KillAtStep",
+        "--trainer.callbacks.init_args.step=7",
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run = tmp_path / "quickstart" / "resumed"
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    resumed = fit("resumed", f"--ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "not resumable" not in resumed.stderr
+    a = load_file(tmp_path / "quickstart" / "straight" / "adapter" / "adapter_model.safetensors")
+    b = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

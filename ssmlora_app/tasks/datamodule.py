@@ -15,7 +15,7 @@ from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TaskInfo, get_task
 from ssmlora_app.tasks.base import LM_COLUMNS
 from ssmlora_app.tasks.lm import TRUNCATION_POLICIES, CausalLMCollator, LMFormat, encode_lm_example
-from ssmlora_app.tasks.samplers import EpochShuffleSampler, ShardSampler
+from ssmlora_app.tasks.samplers import EpochShuffleSampler, ResumableDataLoader, ShardSampler
 from ssmlora_app.tokenization import load_tokenizer
 
 
@@ -206,10 +206,12 @@ class TaskDataModule(L.LightningDataModule):
         size = len(self.splits[split])
         batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size)
         if shuffle:
-            sampler = EpochShuffleSampler(size, hp.shuffle_seed, batch_size, rank, world)
+            sampler = EpochShuffleSampler(
+                size, hp.shuffle_seed, batch_size, rank, world, self._batches_done
+            )
         else:
             sampler = ShardSampler(size, rank, world)
-        return DataLoader(
+        return ResumableDataLoader(
             self.splits[split],
             batch_size=batch_size,
             sampler=sampler,
@@ -220,6 +222,14 @@ class TaskDataModule(L.LightningDataModule):
             # whose state a resumed run restores (see AdapterModule.on_load_checkpoint).
             generator=torch.Generator().manual_seed(hp.shuffle_seed),
         )
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch already trained: 0 at an epoch's start, k when a run
+        resumes from a checkpoint written after k batches of the epoch."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -7,10 +7,10 @@ differently for each world size; ours do neither, so ``trainer.use_distributed_s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -21,13 +21,24 @@ class EpochShuffleSampler(Sampler[int]):
     process with batch B·W sees, and DDP's averaged gradient is that batch's gradient. A final
     partial global batch is split evenly across ranks, or skipped if it has fewer than W examples
     (every rank must take the same number of steps).
+
+    ``batches_done`` (if given) says how many batches of the current epoch were already trained
+    when an iteration starts: a run resumed from a mid-epoch checkpoint then continues with the
+    next batch of the same order instead of replaying the epoch.
     """
 
     def __init__(
-        self, size: int, seed: int, batch_size: int = 1, rank: int = 0, world_size: int = 1
+        self,
+        size: int,
+        seed: int,
+        batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        batches_done: Callable[[], int] | None = None,
     ):
         self.size, self.seed, self.epoch = size, seed, 0
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.batches_done = batches_done
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
@@ -42,10 +53,14 @@ class EpochShuffleSampler(Sampler[int]):
         return full * self.batch_size + tail
 
     def __iter__(self) -> Iterator[int]:
+        skip = self.batch_size * (self.batches_done() if self.batches_done else 0)
+        return iter(self._order()[skip:])
+
+    def _order(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.world_size == 1:
-            return iter(order)
+            return order
         global_batch, b, r = self.batch_size * self.world_size, self.batch_size, self.rank
         mine: list[int] = []
         for start in range(0, self.size, global_batch):
@@ -54,7 +69,19 @@ class EpochShuffleSampler(Sampler[int]):
                 mine += chunk[r * b : (r + 1) * b]
             elif len(chunk) >= self.world_size:
                 mine += chunk[r :: self.world_size]
-        return iter(mine)
+        return mine
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader Lightning treats as resumable (its ``state_dict`` protocol): the position in
+    the epoch is not stored here but read from the training loop by :class:`EpochShuffleSampler`
+    when iteration restarts, so it always equals the batches actually trained."""
+
+    def state_dict(self) -> dict:
+        return {"epoch": getattr(self.sampler, "epoch", 0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
 
 
 class ShardSampler(Sampler[int]):
