@@ -65,10 +65,21 @@ def _fit(tmp_path, name, *extra):
     return json.loads(metrics.read_text())
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
-    single = _fit(tmp_path, "single", "--data.batch_size=32")
+ADAPTERS = {
+    "lora": [],
+    "ssmlora": ["--model.adapter={class_path: ssmlora_app.adapters.SSMLoRAConfig, init_args: "
+                "{preset: attention_sparse, target_modules: null, dropout: 0.0}}"],
+    "hrm": ["--model.adapter={class_path: ssmlora_app.adapters.HRMConfig, init_args: "
+            "{d_state: 8, target_modules: null}}"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, adapter):
+    extra = ADAPTERS[adapter]
+    single = _fit(tmp_path, "single", "--data.batch_size=32", *extra)
     ddp = _fit(tmp_path, "ddp", "--data.batch_size=16", "--trainer.strategy=ddp", "--trainer.devices=2",
-               "--trainer.accelerator=cpu")  # fmt: skip
+               "--trainer.accelerator=cpu", *extra)  # fmt: skip
     assert single.keys() == ddp.keys() and "val/accuracy" in single
     for key in single:
         assert ddp[key] == pytest.approx(single[key], abs=1e-4), key

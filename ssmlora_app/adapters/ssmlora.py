@@ -222,10 +222,10 @@ class SSMLoRALinear(AdapterLayer):
         dtype = _compute_dtype(self.W_c.dtype)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u_full = u.to(dtype)
-            h_new = u_full @ self.W_d.to(dtype)  # (..., r)
-            if h_prev is not None:
-                h_prev = h_prev.to(dtype)
-                h_new = h_new + h_prev + h_prev @ self.W_c.to(dtype)  # h_prev (I + W_c)
+            # The first module of a chain starts from h = 0 (spec §2.1). Computing with the zero
+            # state keeps W_c in the graph (its gradient is 0), so DDP finds no unused parameter.
+            h_prev = torch.zeros_like(u_full) if h_prev is None else h_prev.to(dtype)
+            h_new = u_full @ self.W_d.to(dtype) + h_prev + h_prev @ self.W_c.to(dtype)  # (..., r)
             h_hat = self.normalise(h_new)
         passed = h_hat if self.pass_normalised_state else h_new
         self.state_chain.write(

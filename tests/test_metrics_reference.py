@@ -1,0 +1,53 @@
+"""Our task metrics (torchmetrics) against scipy and the textbook formulas, on random data."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ssmlora_app.tasks.metrics import build_metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pearson_and_spearman_match_scipy(seed):
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.rand(200, generator=gen) * 5
+    preds = target + torch.randn(200, generator=gen)
+    metrics = build_metrics(("pearson", "spearman"), 1, "val")
+    for chunk in range(4):  # updated batch by batch, as in validation
+        metrics.update(preds[chunk * 50 : (chunk + 1) * 50], target[chunk * 50 : (chunk + 1) * 50])
+    values = metrics.compute()
+    assert float(values["val/pearson"]) == pytest.approx(stats.pearsonr(preds, target)[0], abs=1e-5)
+    assert float(values["val/spearman"]) == pytest.approx(
+        stats.spearmanr(preds, target)[0], abs=1e-5
+    )
+
+
+def _mcc(preds: np.ndarray, target: np.ndarray, k: int) -> float:
+    """Gorodkin's multiclass MCC from the confusion matrix (binary: Matthews' formula)."""
+    c = np.zeros((k, k))
+    for t, p in zip(target, preds, strict=True):
+        c[t, p] += 1
+    s, correct = c.sum(), np.trace(c)
+    p_k, t_k = c.sum(0), c.sum(1)
+    return (correct * s - p_k @ t_k) / np.sqrt((s**2 - p_k @ p_k) * (s**2 - t_k @ t_k))
+
+
+@pytest.mark.parametrize(("k", "seed"), [(2, 0), (2, 1), (3, 2)])
+def test_mcc_accuracy_and_f1_match_the_formulas(k, seed):
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, k, (300,), generator=gen)
+    noise = torch.randint(0, k, (300,), generator=gen)
+    preds = torch.where(torch.rand(300, generator=gen) < 0.6, target, noise)
+    names = ("mcc", "accuracy", "f1") if k == 2 else ("mcc", "accuracy")
+    values = build_metrics(names, k, "val")(preds, target)
+    p, t = preds.numpy(), target.numpy()
+    assert float(values["val/mcc"]) == pytest.approx(_mcc(p, t, k), abs=1e-5)
+    assert float(values["val/accuracy"]) == pytest.approx((p == t).mean(), abs=1e-6)
+    if k == 2:
+        tp, fp, fn = (
+            ((p == 1) & (t == 1)).sum(),
+            ((p == 1) & (t == 0)).sum(),
+            ((p == 0) & (t == 1)).sum(),
+        )
+        assert float(values["val/f1"]) == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)
