@@ -73,7 +73,8 @@ IDLE, WARMUP, SELECTED = 0, 1, 2
 """Values of the ``phase`` buffer of the SSM-delta modules."""
 
 SPARSE_TARGETS = ("A_log", "x_proj")
-"""SSM tensors that can get sparse deltas: ``A_log`` and the B/C rows of ``x_proj``."""
+"""SSM tensors that can get sparse deltas: ``A_log`` and the B/C rows of ``x_proj`` (Mamba-2:
+heads of ``A_log``/``dt_bias``/``D``, and the B/C rows of ``in_proj``)."""
 
 
 @dataclass
@@ -97,11 +98,13 @@ class SDTConfig(AdapterConfig):
 
     channel_freeze: float = 0.99
     """Fraction of each layer's channels left frozen; ``⌊(1 − channel_freeze)·D⌋`` (≥ 1) are
-    selected (paper: 0.99, i.e. 1%)."""
+    selected (paper: 0.99, i.e. 1%). Mamba-2: the fraction of heads (and of B/C groups) left
+    frozen."""
 
     state_freeze: float = 0.75
     """Fraction of the states of a selected channel left frozen in ``A_log``; the top
-    ``⌊(1 − state_freeze)·N⌋`` (≥ 1) are trained (paper: 0.75 / 0.9 / 0.95)."""
+    ``⌊(1 − state_freeze)·N⌋`` (≥ 1) are trained (paper: 0.75 / 0.9 / 0.95). Unused on
+    Mamba-2 (its A has no state axis)."""
 
     warmup_steps: int = 20
     """Optimizer steps of dense-``ΔA_log`` warm-up before the dimensions are selected (they count
@@ -109,7 +112,9 @@ class SDTConfig(AdapterConfig):
 
     sparse_targets: list[str] = field(default_factory=lambda: list(SPARSE_TARGETS))
     """Which SSM tensors get sparse deltas: ``A_log`` and/or ``x_proj`` (its B and C rows).
-    ``[]``: plain LoRA through the same re-parametrisation (no warm-up)."""
+    ``[]``: plain LoRA through the same re-parametrisation (no warm-up). Mamba-2: ``A_log``
+    adapts the selected heads of ``A_log``, ``dt_bias`` and ``D``; ``x_proj`` the B/C rows of
+    ``in_proj`` of the selected groups."""
 
     num_zero: int = 0
     """Dimension pruning: per layer, the ``num_zero`` lowest-scoring channels are removed from
