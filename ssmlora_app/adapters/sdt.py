@@ -31,6 +31,24 @@ exactly their tensors (LoRA factors, θ, masks, phase) and never the frozen one.
   (the warm-up's updates are discarded, the backbone is back to its pretrained weights), and θ is
   trainable. The head keeps its warm-up training: it is not a pretrained weight.
 
+**Mamba-2** (HF ``Mamba2Mixer``, ``H`` heads of ``P`` channels, ``G`` groups, ``N`` states): ``A``
+is one scalar per head, so *heads* play the role of channels. The warm-up trains a dense
+``ΔA_log (H,)``; heads are scored by ``ΔA_log²`` and the top ``k_h = ⌊(1 − channel_freeze)·H⌋``
+(≥ 1, ties to the lower index) are kept. ``sparse_targets`` keep their names, applied to the
+tensors that play those roles::
+
+    "A_log":  A_log' = A_log + scatter(heads, θ_A),  dt_bias', D' likewise   θ (k_h,) each
+    "x_proj": in_proj'[B rows of g] += θ_B[g], in_proj'[C rows of g] += θ_C[g]  θ (k_g, N, D_m)
+
+B and C are shared by the ``H/G`` heads of a group, so their rows cannot follow single heads:
+groups are scored by the sum of their heads' scores and the top ``k_g = ⌊(1 − channel_freeze)·G⌋``
+(≥ 1) groups get deltas on all ``N`` states of their B and C rows (the input columns are the
+model dimension ``D_m``; there is no channel to select). Fixed sizes keep the budget known before
+the warm-up and the state dict loadable. With ``G = 1`` (e.g. mamba2-130m) that is every B/C row,
+``2·N·D_m`` per layer; ``sparse_targets: [A_log]`` leaves B/C frozen. ``state_freeze`` has no
+Mamba-2 counterpart (A has no state axis) and is ignored there; ``num_zero`` prunes the
+lowest-scoring heads' ``P`` columns of ``out_proj``.
+
 The callback :class:`~ssmlora_app.callbacks.SDTSelection` drives the phases inside one ``fit``.
 LoRA dropout cannot be expressed as a weight re-parametrisation (there is no input to drop, and
 the fused kernels read the weight directly), so SDT's LoRA has none (the paper used 0.1).
@@ -55,7 +73,8 @@ IDLE, WARMUP, SELECTED = 0, 1, 2
 """Values of the ``phase`` buffer of the SSM-delta modules."""
 
 SPARSE_TARGETS = ("A_log", "x_proj")
-"""SSM tensors that can get sparse deltas: ``A_log`` and the B/C rows of ``x_proj``."""
+"""SSM tensors that can get sparse deltas: ``A_log`` and the B/C rows of ``x_proj`` (Mamba-2:
+heads of ``A_log``/``dt_bias``/``D``, and the B/C rows of ``in_proj``)."""
 
 
 @dataclass
@@ -79,11 +98,13 @@ class SDTConfig(AdapterConfig):
 
     channel_freeze: float = 0.99
     """Fraction of each layer's channels left frozen; ``⌊(1 − channel_freeze)·D⌋`` (≥ 1) are
-    selected (paper: 0.99, i.e. 1%)."""
+    selected (paper: 0.99, i.e. 1%). Mamba-2: the fraction of heads (and of B/C groups) left
+    frozen."""
 
     state_freeze: float = 0.75
     """Fraction of the states of a selected channel left frozen in ``A_log``; the top
-    ``⌊(1 − state_freeze)·N⌋`` (≥ 1) are trained (paper: 0.75 / 0.9 / 0.95)."""
+    ``⌊(1 − state_freeze)·N⌋`` (≥ 1) are trained (paper: 0.75 / 0.9 / 0.95). Unused on
+    Mamba-2 (its A has no state axis)."""
 
     warmup_steps: int = 20
     """Optimizer steps of dense-``ΔA_log`` warm-up before the dimensions are selected (they count
@@ -91,7 +112,9 @@ class SDTConfig(AdapterConfig):
 
     sparse_targets: list[str] = field(default_factory=lambda: list(SPARSE_TARGETS))
     """Which SSM tensors get sparse deltas: ``A_log`` and/or ``x_proj`` (its B and C rows).
-    ``[]``: plain LoRA through the same re-parametrisation (no warm-up)."""
+    ``[]``: plain LoRA through the same re-parametrisation (no warm-up). Mamba-2: ``A_log``
+    adapts the selected heads of ``A_log``, ``dt_bias`` and ``D``; ``x_proj`` the B/C rows of
+    ``in_proj`` of the selected groups."""
 
     num_zero: int = 0
     """Dimension pruning: per layer, the ``num_zero`` lowest-scoring channels are removed from
@@ -315,14 +338,92 @@ class SparseBC(_Phased):
         return theta.new_zeros(self.shape).index_put((rows[:, None], self.channels[None, :]), theta)
 
 
+class SparseHeads(_Phased):
+    """Parametrization ``v ↦ v + scatter(heads, θ)`` of a Mamba-2 per-head vector ``(H,)``
+    (``A_log``, ``dt_bias``, ``D``).
+
+    Buffers: ``heads (k_h,)``, ``phase``. Parameters: ``theta (k_h,)`` (zeros) and, for the
+    tensor that is warmed up (``A_log``), ``dense`` — ``(H,)`` while warming up, ``(0,)``
+    otherwise. The others are frozen during the warm-up. All fp32, without weight decay.
+    """
+
+    def __init__(self, mixer: nn.Module, name: str, k_h: int, warm: bool):
+        tensor = getattr(mixer, name)
+        super().__init__(mixer, name, tensor.device)
+        self.shape = tuple(tensor.shape)
+        device = tensor.device
+        self.warm = warm
+        self.register_buffer("heads", torch.arange(k_h, device=device))
+        self.theta = _no_decay(nn.Parameter(torch.zeros(k_h, device=device)))
+        if warm:
+            self.dense = _no_decay(nn.Parameter(torch.zeros(0, device=device)))
+        self.apply_phase()
+
+    def apply_phase(self) -> None:
+        warm = self._phase == WARMUP
+        if self.warm:
+            if warm != (self.dense.numel() > 0):
+                shape = self.shape if warm else (0,)
+                self.dense = _no_decay(nn.Parameter(self.theta.new_zeros(shape)))
+            self.dense.requires_grad_(warm)
+        self.theta.requires_grad_(not warm)
+
+    def delta(self) -> Tensor:
+        """The update of the vector, ``(H,)`` fp32."""
+        if self.warm and self._phase == WARMUP:
+            return self.dense
+        return self.theta.new_zeros(self.shape).index_put((self.heads,), self.theta)
+
+
+class SparseGroupBC(_Phased):
+    """Parametrization of a Mamba-2 ``in_proj.weight`` (rows ``[z (I), x (I), B (G·N), C (G·N),
+    dt (H)]``, columns ``D_m``): ``θ_B``, ``θ_C (k_g, N, D_m)`` are added to the B and C rows of
+    the selected ``groups (k_g,)``. Frozen while warming up."""
+
+    def __init__(self, in_proj: nn.Linear, intermediate: int, n_groups: int, n: int, k_g: int):
+        weight = in_proj.weight
+        super().__init__(in_proj, "weight", weight.device)
+        self.shape = tuple(weight.shape)
+        device = weight.device
+        self.intermediate, self.n_groups, self.n = intermediate, n_groups, n
+        self.register_buffer("groups", torch.arange(k_g, device=device))
+        d_m = self.shape[1]
+        self.theta_B = _no_decay(nn.Parameter(torch.zeros(k_g, n, d_m, device=device)))
+        self.theta_C = _no_decay(nn.Parameter(torch.zeros(k_g, n, d_m, device=device)))
+        self.apply_phase()
+
+    def apply_phase(self) -> None:
+        for p in (self.theta_B, self.theta_C):
+            p.requires_grad_(self._phase != WARMUP)
+
+    def delta(self) -> Tensor:
+        """The update of ``in_proj.weight``, its shape, fp32."""
+        states = torch.arange(self.n, device=self.groups.device)
+        b_rows = 2 * self.intermediate + self.groups[:, None] * self.n + states  # (k_g, N)
+        c_rows = b_rows + self.n_groups * self.n
+        rows = torch.cat([b_rows, c_rows]).reshape(-1)
+        theta = torch.cat([self.theta_B, self.theta_C]).reshape(rows.numel(), -1)
+        return theta.new_zeros(self.shape).index_put((rows,), theta)
+
+
+MAMBA2_HEAD_TENSORS = ("A_log", "dt_bias", "D")
+"""The per-head tensors of a Mamba-2 mixer that the ``A_log`` sparse target adapts."""
+
+
+def _mixer_kind(module: nn.Module) -> str | None:
+    """``"mamba"`` for a Mamba-1 mixer, ``"mamba2"`` for a Mamba-2 one, else None."""
+    name = type(module).__name__.removeprefix("Parametrized")
+    return {"MambaMixer": "mamba", "Mamba2Mixer": "mamba2"}.get(name)
+
+
 def _is_mamba_mixer(module: nn.Module) -> bool:
-    return type(module).__name__.removeprefix("Parametrized") == "MambaMixer"
+    return _mixer_kind(module) is not None
 
 
 def find_mixers(
     model: nn.Module, config: SDTConfig, skip: list[str] | tuple = ()
 ) -> list[tuple[str, nn.Module]]:
-    """The Mamba-1 mixers that get sparse deltas (honouring ``layers_to_transform``)."""
+    """The Mamba-1 / Mamba-2 mixers that get sparse deltas (honouring ``layers_to_transform``)."""
     mixers = []
     for name, module in model.named_modules():
         if not _is_mamba_mixer(module) or _under(name, skip):
@@ -346,11 +447,15 @@ def inject_sdt(model: nn.Module, config: SDTConfig, skip: list[str]) -> list[str
         if not mixers:
             kinds = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "A_log")})
             raise SsmloraError(
-                f"SDT's sparse deltas need Mamba-1 mixers (MambaMixer); {type(model).__name__} "
+                "SDT's sparse deltas need Mamba mixers (MambaMixer or Mamba2Mixer); "
+                f"{type(model).__name__} "
                 f"has none{f' (found {kinds})' if kinds else ''}. Use a mamba backbone, or "
                 "sparse_targets: [] for plain LoRA."
             )
         for name, mixer in mixers:
+            if _mixer_kind(mixer) == "mamba2":
+                names += _inject_mamba2(name, mixer, config)
+                continue
             d, n = mixer.A_log.shape
             k_c, k_s = kept(d, config.channel_freeze), kept(n, config.state_freeze)
             if "A_log" in config.sparse_targets:
@@ -377,6 +482,26 @@ def inject_sdt(model: nn.Module, config: SDTConfig, skip: list[str]) -> list[str
             names.append(name)
     if config.num_zero and not any(n.endswith("out_proj") for n in names):
         raise SsmloraError("SDTConfig.num_zero prunes out_proj columns: add out_proj to targets.")
+    return names
+
+
+def _inject_mamba2(name: str, mixer: nn.Module, config: SDTConfig) -> list[str]:
+    """Per-head deltas (``A_log`` target) and B/C-row deltas of ``in_proj`` (``x_proj`` target)
+    on one ``Mamba2Mixer``; returns the adapted tensor names."""
+    k_h = kept(mixer.num_heads, config.channel_freeze)
+    k_g = kept(mixer.n_groups, config.channel_freeze)
+    names = []
+    if "A_log" in config.sparse_targets:
+        for tensor in MAMBA2_HEAD_TENSORS:
+            heads = SparseHeads(mixer, tensor, k_h, warm=tensor == "A_log")
+            parametrize.register_parametrization(mixer, tensor, heads)
+            names.append(f"{name}.{tensor}")
+    if "x_proj" in config.sparse_targets:
+        bc = SparseGroupBC(
+            mixer.in_proj, mixer.intermediate_size, mixer.n_groups, mixer.ssm_state_size, k_g
+        )
+        parametrize.register_parametrization(mixer.in_proj, "weight", bc)
+        names.append(f"{name}.in_proj")
     return names
 
 
@@ -419,7 +544,19 @@ class LayerSelection:
     channel_scores: Tensor
     """``s_d = Σ_n ΔA_log[d, n]²`` of every channel ``(D,)``."""
     pruned: Tensor
-    """Channels removed by ``num_zero`` (lowest scores), ascending."""
+    """Channels removed by ``num_zero`` (lowest scores), ascending (Mamba-2: heads)."""
+    groups: Tensor | None = None
+    """Mamba-2 only: the groups whose B/C rows get deltas ``(k_g,)``, ascending. There,
+    ``channels`` are the selected heads ``(k_h,)``, ``states`` is empty ``(k_h, 0)`` and
+    ``channel_scores`` are the head scores ``ΔA_log[h]²`` ``(H,)``."""
+
+    def describe(self) -> str:
+        """One line for the log: the selected channels and states (Mamba-2: heads, groups)."""
+        if self.groups is not None:
+            text = f"heads {self.channels.tolist()}, groups {self.groups.tolist()}"
+        else:
+            text = f"channels {self.channels.tolist()}, states {self.states.tolist()}"
+        return text + (f", pruned {self.pruned.tolist()}" if self.pruned.numel() else "")
 
 
 @torch.no_grad()
@@ -433,6 +570,11 @@ def select_dimensions(model: nn.Module, num_zero: int | None = None) -> dict[str
     selection = {}
     for name, mixer in model.named_modules():
         if not _is_mamba_mixer(mixer):
+            continue
+        if _mixer_kind(mixer) == "mamba2":
+            chosen = _select_mamba2(name, mixer, num_zero)
+            if chosen is not None:
+                selection[name] = chosen
             continue
         a_log = _sparse(mixer, "A_log")
         bc = _sparse(mixer.x_proj, "weight")
@@ -467,6 +609,42 @@ def select_dimensions(model: nn.Module, num_zero: int | None = None) -> dict[str
     for module in sdt_modules(model):
         module.set_phase(SELECTED)
     return selection
+
+
+def _select_mamba2(name: str, mixer: nn.Module, num_zero: int) -> LayerSelection | None:
+    """Heads by ``ΔA_log[h]²``, groups by the sum of their heads' scores; writes the masks."""
+    heads_deltas = [_sparse(mixer, t) for t in MAMBA2_HEAD_TENSORS]
+    bc = _sparse(mixer.in_proj, "weight")
+    if all(m is None for m in heads_deltas) and bc is None:
+        return None
+    a_log = heads_deltas[0]
+    if a_log is None or a_log._phase != WARMUP:
+        raise SsmloraError(
+            f"{name}: head selection needs the A_log warm-up (sparse_targets with A_log, and "
+            "start_warmup before training)."
+        )
+    scores = a_log.dense.double() ** 2  # (H,)
+    heads = select_top(scores, a_log.heads.numel())
+    group_scores = scores.view(mixer.n_groups, -1).sum(1)  # heads h·G/H … belong to group g
+    k_g = bc.groups.numel() if bc is not None else kept(mixer.n_groups, 0.0)
+    groups = select_top(group_scores, k_g)
+    pruned = torch.zeros(0, dtype=torch.long, device=heads.device)
+    if num_zero:
+        rest = torch.ones_like(scores, dtype=torch.bool).index_fill(0, heads, False)
+        candidates = rest.nonzero().squeeze(1)
+        pruned = candidates[select_top(-scores[candidates], min(num_zero, candidates.numel()))]
+        columns = pruned[:, None] * mixer.head_dim + torch.arange(
+            mixer.head_dim, device=heads.device
+        )
+        out = _lora(mixer.out_proj)
+        out.pruned = columns.reshape(-1).to(out.pruned.device)
+    for module in heads_deltas:
+        if module is not None:
+            module.heads.copy_(heads)
+    if bc is not None:
+        bc.groups.copy_(groups)
+    empty = torch.zeros(heads.numel(), 0, dtype=torch.long, device=heads.device)
+    return LayerSelection(heads, empty, scores.float(), pruned, groups=groups)
 
 
 def _sparse(owner: nn.Module, name: str) -> _Phased | None:

@@ -46,11 +46,7 @@ class SDTSelection(L.Callback):
             return
         selection = select_dimensions(model, num_zero=config.num_zero)
         trainer.strategy.setup_optimizers(trainer)  # the optimizer gets θ instead of ΔA_log
-        lines = [
-            f"{name}: channels {s.channels.tolist()}, states {s.states.tolist()}"
-            + (f", pruned {s.pruned.tolist()}" if s.pruned.numel() else "")
-            for name, s in selection.items()
-        ]
+        lines = [f"{name}: {s.describe()}" for name, s in selection.items()]
         log.info(
             "SDT: dimensions selected after %d warm-up steps:\n  %s",
             trainer.global_step,
