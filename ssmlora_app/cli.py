@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import auto_cli, set_parsing_settings
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -63,6 +64,14 @@ def _check_writable(folder: str | None) -> None:
 
 
 class SsmloraCLI(LightningCLI):
+    def instantiate_trainer(self, **kwargs):
+        """Lightning checks accelerator/strategy/precision combinations here: report them as bad
+        input (one line, before anything is loaded) rather than as a stack trace."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:
+            raise SsmloraError(f"trainer settings: {err}") from None
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config is None:

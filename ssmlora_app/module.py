@@ -28,6 +28,10 @@ from ssmlora_app.optim import LinearWarmupDecay, param_groups
 from ssmlora_app.tasks import TaskInfo
 from ssmlora_app.tasks.metrics import build_metrics, teacher_forced_stats
 
+ROTARY_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "gemma", "phi3")
+"""Backbones with rotary positions: ``max_position_embeddings`` is a trained length, not a hard
+limit, so longer inputs are allowed (long-context fine-tuning)."""
+
 OptimizerFactory = Callable[[Iterable], Optimizer]
 SchedulerFactory = Callable[[Optimizer, int], LRScheduler | ReduceLROnPlateau]
 
@@ -87,6 +91,7 @@ class AdapterModule(L.LightningModule):
                 vocab_size=task_info.vocab_size,
                 pad_token_id=task_info.pad_token_id,
             )
+        self._check_positions()
         inject_adapters(self.model, adapter)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(
@@ -108,6 +113,25 @@ class AdapterModule(L.LightningModule):
                 **self.parameter_counts(),
             }
         )
+
+    def _check_positions(self) -> None:
+        """Refuse, before training, inputs longer than the backbone's position embeddings."""
+        config, info = self.model.config, self.task_info
+        positions = getattr(config, "max_position_embeddings", None)
+        if not isinstance(positions, int) or info.max_length is None:
+            return  # no learned positions (Mamba, rotary models report a limit they can exceed)
+        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+            positions -= (
+                config.pad_token_id or 0
+            ) + 1  # RoBERTa's positions start after the pad id
+        longest = info.max_length + info.max_new_tokens
+        if longest > positions and config.model_type not in ROTARY_MODEL_TYPES:
+            raise SsmloraError(
+                f"data.max_length={info.max_length}"
+                + (f" + max_new_tokens={info.max_new_tokens}" if info.max_new_tokens else "")
+                + f" exceeds the {positions} positions of the {config.model_type} backbone: lower "
+                "data.max_length (inputs are truncated to it) or use a longer-context backbone."
+            )
 
     @property
     def is_causal_lm(self) -> bool:

@@ -115,6 +115,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         ("--trainer.logger.init_args.save_dir=/dev/null/runs", "Cannot create the log folder"),
         ("--model.optimzer.init_args.lr=0.1", "unrecognized arguments: --model.optimzer"),
         ("--data.max_length=0", "must be positive"),
+        ("--data.max_length=64", "data.max_length=64 exceeds the 38 positions of the roberta"),
+        ("--trainer.strategy=fsdp", "trainer settings: The strategy `fsdp` requires a GPU"),
         ("--model.adapter.class_path=ssmlora_app.adapters.NopeConfig", "NopeConfig"),
     ],
 )

@@ -32,7 +32,7 @@ class PoisonedModule(AdapterModule):
 
 def _fit(tmp_path, guard, poison_steps):
     data = TaskDataModule(
-        task="quickstart", batch_size=16, max_train_samples=96, max_eval_samples=32
+        task="quickstart", batch_size=16, max_length=32, max_train_samples=96, max_eval_samples=32
     )
     fields = {k: v for k, v in TINY_ROBERTA.items() if k != "vocab_size"}
     module = PoisonedModule(

@@ -37,7 +37,7 @@ def test_fit_on_other_task_shapes(tmp_path, word_tokenizer, task, expected, capl
                     "default_root_dir": str(tmp_path), "logger": False},
         "model": {"backbone": {"config": {k: v for k, v in TINY_ROBERTA.items() if k != "vocab_size"},
                                "tokenizer": str(word_tokenizer)}},
-        "data": {"task": task, "data_dir": str(root), "batch_size": 2},
+        "data": {"task": task, "data_dir": str(root), "batch_size": 2, "max_length": 32},
         "export": {"dirname": "adapter"},
     }  # fmt: skip
     path = tmp_path / "config.yaml"

@@ -34,6 +34,8 @@ class TaskInfo:
     max_new_tokens: int = 0
     """Generation length for ``lm_eval: generate`` (also the room kept for the target)."""
     label_names: tuple[str, ...] | None = None
+    max_length: int | None = None
+    """Longest input in tokens (``data.max_length``), checked against the backbone's positions."""
     """Class names in class-id order (predictions are written with them; exported adapters and
     merged models keep them); None when the classes are plain ids."""
 

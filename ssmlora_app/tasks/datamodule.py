@@ -128,6 +128,7 @@ class TaskDataModule(L.LightningDataModule):
             lm_eval=lm_eval,
             max_new_tokens=max_new_tokens if is_lm and lm_eval == "generate" else 0,
             label_names=None if is_lm else getattr(self.task, "label_names", None),
+            max_length=max_length,
         )
         self.lm_format = LMFormat(max_length, truncation, lm_eval, self.task_info.max_new_tokens)
         if is_lm:
