@@ -219,6 +219,7 @@ class TaskDataModule(L.LightningDataModule):
             collate_fn=self.collator if shuffle else self.eval_collator,
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
+            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
             # Its own generator: creating an iterator then draws no number from the global RNG,
             # whose state a resumed run restores (see AdapterModule.on_load_checkpoint).
             generator=torch.Generator().manual_seed(hp.shuffle_seed),
