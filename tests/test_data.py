@@ -170,3 +170,22 @@ def test_ranks_see_the_single_process_global_batches(size, world):
 def test_evaluation_shards_cover_every_example_once():
     shards = [list(ShardSampler(11, rank=r, world_size=3)) for r in range(3)]
     assert sorted(i for s in shards for i in s) == list(range(11))
+
+
+def test_a_malformed_glue_file_names_the_file_and_layout(tmp_path):
+    folder = tmp_path / "RTE"
+    folder.mkdir()
+    (folder / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tmaybe\n")
+    with pytest.raises(SsmloraError, match=r"rte: cannot read .*dev\.tsv as the original GLUE TSV"):
+        get_task("rte").load_split("validation", str(tmp_path))
+    (folder / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    with pytest.raises(SsmloraError, match=r"no data|has no rows"):
+        get_task("rte").load_split("validation", str(tmp_path))
+
+
+def test_an_empty_split_after_sampling_is_refused():
+    data = TaskDataModule(task="quickstart", max_train_samples=0)
+    with pytest.raises(
+        SsmloraError, match=r"quickstart train split is empty \(max_train_samples=0\)"
+    ):
+        data.setup("fit")

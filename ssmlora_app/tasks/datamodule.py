@@ -166,6 +166,16 @@ class TaskDataModule(L.LightningDataModule):
         limit = hp.max_train_samples if split == "train" else hp.max_eval_samples
         if limit is not None and limit < len(ds):
             ds = ds.shuffle(seed=hp.sample_seed).select(range(limit))
+        if len(ds) == 0:
+            raise SsmloraError(
+                f"The {self.task.name} {split} split is empty"
+                + (
+                    f" (max_{'train' if split == 'train' else 'eval'}_samples={limit})"
+                    if limit == 0
+                    else ""
+                )
+                + ": check the data files and data.max_train_samples / data.max_eval_samples."
+            )
         if is_lm:
             render = getattr(self.task, "render_lm", None)  # tokenizer-dependent formatting
             if render is not None:

@@ -81,28 +81,37 @@ class GlueTask:
             raise SsmloraError(f"{self.name}: no file {path} for split {split!r}.")
         a, b, label = self.tsv_keys
         used = [c for c in (a, b, label) if c]
-        ds = datasets.load_dataset(
-            "csv",
-            data_files={split: str(path)},
-            split=split,
-            sep="\t",
-            quoting=csv.QUOTE_NONE,
-            header=None if self.tsv_columns else "infer",
-            column_names=list(self.tsv_columns) if self.tsv_columns else None,
-            usecols=used,
-            converters=dict.fromkeys(used, str),
-            keep_default_na=False,
-            encoding="utf-8-sig",  # MRPC's header starts with a byte-order mark
-        )
-        return ds.map(
-            lambda ex: {
-                "text_a": ex[a],
-                "text_b": ex[b] if b else None,
-                "label": self.parse_label(ex[label]),
-            },
-            remove_columns=ds.column_names,
-            features=self.features(),
-        )
+        try:
+            ds = datasets.load_dataset(
+                "csv",
+                data_files={split: str(path)},
+                split=split,
+                sep="\t",
+                quoting=csv.QUOTE_NONE,
+                header=None if self.tsv_columns else "infer",
+                column_names=list(self.tsv_columns) if self.tsv_columns else None,
+                usecols=used,
+                converters=dict.fromkeys(used, str),
+                keep_default_na=False,
+                encoding="utf-8-sig",  # MRPC's header starts with a byte-order mark
+            )
+            ds = ds.map(
+                lambda ex: {
+                    "text_a": ex[a],
+                    "text_b": ex[b] if b else None,
+                    "label": self.parse_label(ex[label]),
+                },
+                remove_columns=ds.column_names,
+                features=self.features(),
+            )
+        except Exception as err:  # pandas/pyarrow/label errors from a malformed file
+            raise SsmloraError(
+                f"{self.name}: cannot read {path} as the original GLUE TSV (columns "
+                f"{list(self.tsv_columns or used)}, tab-separated, no quoting): {err}"
+            ) from None
+        if len(ds) == 0:
+            raise SsmloraError(f"{self.name}: {path} has no rows.")
+        return ds
 
     def parse_label(self, value: str) -> int | float:
         if self.is_regression:
