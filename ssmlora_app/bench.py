@@ -200,8 +200,18 @@ def _build_full(model: nn.Module, preset: BenchPreset) -> nn.Module:
     return model.requires_grad_(True)
 
 
+def _is_mamba(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) in ("mamba", "mamba2")
+
+
 def _build_lora(model: nn.Module, preset: BenchPreset) -> nn.Module:
-    return inject_adapters(model, LoRAConfig(r=8, alpha=16, target_modules=[*preset.lora_targets]))
+    targets = [*preset.lora_targets]
+    if _is_mamba(model):  # Mamba's kernels bypass wrappers: LoRA as a re-parametrisation
+        config = ADAPTERS["sdt"].config_cls(
+            r=8, alpha=16, target_modules=targets, sparse_targets=[]
+        )
+        return inject_adapters(model, config)
+    return inject_adapters(model, LoRAConfig(r=8, alpha=16, target_modules=targets))
 
 
 def _build_peft_lora(model: nn.Module, preset: BenchPreset) -> nn.Module:
@@ -209,6 +219,8 @@ def _build_peft_lora(model: nn.Module, preset: BenchPreset) -> nn.Module:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise Unavailable("peft is not installed (pip install peft)") from None
+    if _is_mamba(model):
+        raise Unavailable("peft's LoRA wrappers are bypassed by Mamba's mixer (it reads .weight)")
     heads = [model.get_submodule(h) for h in default_head(model)]
     config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=[*preset.lora_targets])
     wrapped = get_peft_model(model, config)

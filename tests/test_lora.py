@@ -161,3 +161,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         assert grads[1][name] is not None and torch.allclose(grad, grads[1][name], atol=1e-6), name
+
+
+def test_lora_on_mamba_points_to_the_reparametrised_lora():
+    from ssmlora_app.backbone import BackboneConfig, build_classifier
+
+    fields = {"model_type": "mamba", "vocab_size": 64, "hidden_size": 16, "state_size": 4,
+              "num_hidden_layers": 1, "expand": 2}  # fmt: skip
+    model = build_classifier(BackboneConfig(config=fields), 2, "single_label_classification")
+    with pytest.raises(SsmloraError, match=r"use SDTConfig with sparse_targets: \[\]"):
+        inject_adapters(model, LoRAConfig(r=4, target_modules=["out_proj"]))

@@ -110,6 +110,12 @@ class LoRALinear(AdapterLayer):
 
 def inject_lora(model: nn.Module, config: LoRAConfig, skip: list[str]) -> list[str]:
     """Wrap every target layer of ``model`` in :class:`LoRALinear`; returns the wrapped names."""
+    if getattr(getattr(model, "config", None), "model_type", None) in ("mamba", "mamba2"):
+        raise SsmloraError(
+            "LoRAConfig wraps layers, and Mamba's mixer reads out_proj.weight (and x_proj.weight) "
+            "directly, bypassing any wrapper. For LoRA on Mamba use SDTConfig with "
+            "sparse_targets: [] (LoRA as a weight re-parametrisation that every path sees)."
+        )
     names = find_targets(
         model,
         config.target_modules,
