@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
-from ssmlora_app.adapters.targets import find_targets, replace_module
+from ssmlora_app.adapters.targets import find_config_targets, replace_module
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.optim import NO_DECAY_ATTR
 from ssmlora_app.ssm.scan import SCAN_METHODS, lti_scan, lti_step
@@ -327,14 +327,8 @@ def inject_hrm(model: nn.Module, config: HRMConfig, skip: list[str]) -> list[str
         if name and (kind := ffn_kind(model, name, module)) is not None
     }
     types = tuple({type(model.get_submodule(n)) for n in kinds}) or (type(None),)
-    names = find_targets(
-        model,
-        config.target_modules or FFN_PATTERN,
-        layers_to_transform=config.layers_to_transform,
-        layers_pattern=config.layers_pattern,
-        exclude_modules=config.exclude_modules,
-        skip=skip,
-        types=types,
+    names = find_config_targets(
+        model, config, skip, target_modules=config.target_modules or FFN_PATTERN, types=types
     )
     hf_config = getattr(model, "config", None)
     d_model = getattr(hf_config, "hidden_size", None)

@@ -17,7 +17,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
-from ssmlora_app.adapters.targets import find_targets, linear_dims, replace_module
+from ssmlora_app.adapters.targets import find_config_targets, linear_dims, replace_module
 from ssmlora_app.errors import SsmloraError
 
 
@@ -116,14 +116,7 @@ def inject_lora(model: nn.Module, config: LoRAConfig, skip: list[str]) -> list[s
             "directly, bypassing any wrapper. For LoRA on Mamba use SDTConfig with "
             "sparse_targets: [] (LoRA as a weight re-parametrisation that every path sees)."
         )
-    names = find_targets(
-        model,
-        config.target_modules,
-        layers_to_transform=config.layers_to_transform,
-        layers_pattern=config.layers_pattern,
-        exclude_modules=config.exclude_modules,
-        skip=skip,
-    )
+    names = find_config_targets(model, config, skip)
     for name in names:
         base = model.get_submodule(name)
         d_in, d_out = linear_dims(base)

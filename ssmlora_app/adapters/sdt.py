@@ -65,7 +65,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
-from ssmlora_app.adapters.targets import _under, find_targets, layer_index, name_matches
+from ssmlora_app.adapters.targets import _under, find_config_targets, layer_index, name_matches
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.optim import NO_DECAY_ATTR
 
@@ -466,15 +466,7 @@ def inject_sdt(model: nn.Module, config: SDTConfig, skip: list[str]) -> list[str
                 parametrize.register_parametrization(mixer.x_proj, "weight", bc)
                 names.append(f"{name}.x_proj")
     if config.target_modules:
-        targets = find_targets(
-            model,
-            config.target_modules,
-            layers_to_transform=config.layers_to_transform,
-            layers_pattern=config.layers_pattern,
-            exclude_modules=config.exclude_modules,
-            skip=skip,
-            types=(nn.Linear,),
-        )
+        targets = find_config_targets(model, config, skip, types=(nn.Linear,))
         for name in targets:
             linear = model.get_submodule(name)
             lora = LoRAWeight(linear, config.r, config.alpha)

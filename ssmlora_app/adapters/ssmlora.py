@@ -35,7 +35,12 @@ from torch import nn
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
 from ssmlora_app.adapters.ssmlora_chain import StateChain
 from ssmlora_app.adapters.ssmlora_presets import Preset, filter_targets, preset_modules
-from ssmlora_app.adapters.targets import find_targets, linear_dims, name_matches, replace_module
+from ssmlora_app.adapters.targets import (
+    find_config_targets,
+    linear_dims,
+    name_matches,
+    replace_module,
+)
 from ssmlora_app.errors import SsmloraError
 
 HEAD_CHAIN = "head"
@@ -282,14 +287,7 @@ def inject_ssmlora(model: nn.Module, config: SSMLoRAConfig, skip: list[str]) -> 
             what=f"SSMLoRA preset {config.preset!r}",
         )
     else:
-        names = find_targets(
-            model,
-            config.target_modules,
-            layers_to_transform=config.layers_to_transform,
-            layers_pattern=config.layers_pattern,
-            exclude_modules=config.exclude_modules,
-            skip=skip,
-        )
+        names = find_config_targets(model, config, skip)
     state_chain = StateChain()
     for name, (chain, position) in assign_chains(names, config).items():
         base = model.get_submodule(name)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ssmlora_app.adapters.base import AdapterConfig
 from ssmlora_app.errors import SsmloraError
 
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
@@ -78,6 +79,27 @@ def find_targets(
             f"Layers it could match (by suffix): {describe_candidates(candidates)}"
         )
     return selected
+
+
+def find_config_targets(
+    model: nn.Module,
+    config: AdapterConfig,
+    skip: Sequence[str],
+    target_modules: str | Sequence[str] | None = None,
+    types: tuple[type[nn.Module], ...] = LINEAR_TYPES,
+) -> list[str]:
+    """:func:`find_targets` with an adapter config's matching rules (``target_modules``, its
+    ``layers_to_transform``/``layers_pattern``/``exclude_modules``); ``target_modules`` overrides
+    the config's (an adapter's default pattern or preset)."""
+    return find_targets(
+        model,
+        config.target_modules if target_modules is None else target_modules,
+        layers_to_transform=config.layers_to_transform,
+        layers_pattern=config.layers_pattern,
+        exclude_modules=config.exclude_modules,
+        skip=skip,
+        types=types,
+    )
 
 
 def describe_candidates(names: Sequence[str], limit: int = 40) -> str:
