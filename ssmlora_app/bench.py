@@ -45,6 +45,7 @@ from ssmlora_app.adapters import HRMConfig, LoRAConfig, inject_adapters
 from ssmlora_app.adapters.hrm import discretize
 from ssmlora_app.adapters.inject import default_head
 from ssmlora_app.adapters.registry import ADAPTERS
+from ssmlora_app.adapters.ssmlora_presets import lora_baseline_modules, preset_modules
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.ssm.scan import lti_scan
@@ -128,7 +129,16 @@ _MAMBA_130M = MappingProxyType(
         "pad_token_id": 0,
     }
 )
-_ALL = ("frozen", "full", "lora", "peft_lora", "ssmlora", "hrm_fft", "hrm_sequential")
+_ALL = (
+    "frozen",
+    "full",
+    "lora",
+    "peft_lora",
+    "ssmlora",
+    "lora_full_model",
+    "hrm_fft",
+    "hrm_sequential",
+)
 
 PRESETS: MappingProxyType[str, BenchPreset] = MappingProxyType(
     {
@@ -228,6 +238,22 @@ def _build_peft_lora(model: nn.Module, preset: BenchPreset) -> nn.Module:
     return wrapped
 
 
+def _build_lora_on(placement: str) -> Callable[[nn.Module, BenchPreset], nn.Module]:
+    """LoRA r=8 on the linears SSMLoRA's ``full_model`` adapts (``same``), or on the paper's LoRA
+    baseline for it (``paper``: q, k, v, o, FFN-in, FFN-out, head); the head learns through its
+    adapters in both, as in SSMLoRA's ``full_model``."""
+
+    def build(model: nn.Module, preset: BenchPreset) -> nn.Module:
+        if placement == "same":
+            names = preset_modules(model, "full_model")
+        else:
+            names = lora_baseline_modules(model, "full_model")
+        config = LoRAConfig(r=8, alpha=16, target_modules=names, modules_to_save=[])
+        return inject_adapters(model, config)
+
+    return build
+
+
 def _build_hrm(scan: str) -> Callable[[nn.Module, BenchPreset], nn.Module]:
     def build(model: nn.Module, preset: BenchPreset) -> nn.Module:
         return inject_adapters(model, HRMConfig(d_state=preset.hrm_d_state, scan=scan))
@@ -258,14 +284,22 @@ METHODS: MappingProxyType[str, tuple[Callable[[nn.Module, BenchPreset], nn.Modul
                 _build_registered("ssmlora", preset="attention_sparse"),
                 _build_registered("ssmlora", preset="full_model"),
             ),
+            "lora_full_model": (_build_lora_on("same"), _build_lora_on("paper")),
             "sdt": (_build_registered("sdt"),),
         }
     )
 )
 """Method name -> its builders (SSMLoRA has one row per insertion preset). ``frozen`` trains
-only the task head (the floor of any adapter); ``full`` trains everything."""
+only the task head (the floor of any adapter); ``full`` trains everything; ``lora_full_model``
+is LoRA where SSMLoRA's ``full_model`` sits (``_same``: the cost of the state term alone) and
+on the paper's LoRA baseline for it (``_paper``)."""
 
-_ROW_NAMES = MappingProxyType({"ssmlora": ("ssmlora_attention_sparse", "ssmlora_full_model")})
+_ROW_NAMES = MappingProxyType(
+    {
+        "ssmlora": ("ssmlora_attention_sparse", "ssmlora_full_model"),
+        "lora_full_model": ("lora_full_model_same", "lora_full_model_paper"),
+    }
+)
 
 
 def row_names(method: str) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ssmlora_app.bench import (
+    METHODS,
     PRESETS,
     BenchPreset,
     fit_exponent,
@@ -38,7 +39,16 @@ TINY = BenchPreset(
     cpu_seq_lens=(8, 16),
     cpu_batch_size=2,
     lora_targets=("q_proj", "v_proj"),
-    methods=("frozen", "full", "lora", "peft_lora", "ssmlora", "hrm_fft", "hrm_sequential"),
+    methods=(
+        "frozen",
+        "full",
+        "lora",
+        "peft_lora",
+        "ssmlora",
+        "lora_full_model",
+        "hrm_fft",
+        "hrm_sequential",
+    ),
     scan_seq_lens=(8, 16),
     hrm_d_state=4,
 )
@@ -82,6 +92,16 @@ def test_tiny_bench_measures_every_available_method(tiny_result):
     assert by["frozen", 8]["trainable_params"] < by["lora", 8]["trainable_params"]
     assert by["full", 8]["trainable_params"] > 10 * by["lora", 8]["trainable_params"]
     assert set(tiny_result.exponents) >= {"lora", "hrm_fft", "scan_fft", "scan_sequential"}
+
+
+def test_lora_full_model_rows_sit_where_ssmlora_full_model_does(tiny_result):
+    """``lora_full_model_same`` adapts exactly SSMLoRA full_model's linears: the same parameters
+    less W_c and W_d (2r² per module); ``_paper`` adds key/value/output on every layer (spec §2.3)."""
+    by = {r["method"]: r["trainable_params"] for r in tiny_result.rows if r["seq_len"] == 8}
+    # tiny Llama, 2 layers: q (layer 0) or v (layer 1), o, gate, up, down per layer + score head
+    modules = 2 * 5 + 1
+    assert by["lora_full_model_same"] == by["ssmlora_full_model"] - modules * 2 * 8**2
+    assert by["lora_full_model_paper"] > by["lora_full_model_same"]
 
 
 def test_scan_rows_compare_fft_and_sequential(tiny_result):
@@ -168,9 +188,7 @@ def test_presets_build_their_backbones_on_meta():
         fields = dict(preset.backbone)
         config = AutoConfig.for_model(fields.pop("model_type"), **fields)
         assert config.hidden_size > 0, name
-        assert set(preset.methods) <= {
-            "frozen", "full", "lora", "peft_lora", "ssmlora", "hrm_fft", "hrm_sequential", "sdt",
-        }  # fmt: skip
+        assert set(preset.methods) <= set(METHODS), name
 
 
 def test_cli_bench_parses_and_rejects_bad_input(capsys):

@@ -19,6 +19,7 @@ from transformers.pytorch_utils import Conv1D
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
 from ssmlora_app.adapters.targets import find_config_targets, linear_dims, replace_module
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.linalg import thin_matmul
 
 
 @dataclass
@@ -104,7 +105,10 @@ class LoRALinear(AdapterLayer):
         # Same arithmetic as peft (B(A x), times s, plus the base output), but the scale and the
         # sum run in place on fresh buffers: neither is saved for backward (a linear's and a
         # scalar product's backward need no output), so this saves two (..., d_out) temporaries.
-        delta = self.lora_B(self.lora_A(x)).mul_(self.scaling).to(result.dtype)
+        # B's product goes through thin_matmul (B stored rank-major for the product): on CPU
+        # that halves its backward; peft calls lora_B as an nn.Linear.
+        u = self.lora_A(x)  # (..., r)
+        delta = thin_matmul(u, self.lora_B.weight.T).mul_(self.scaling).to(result.dtype)
         return result.add_(delta)
 
 

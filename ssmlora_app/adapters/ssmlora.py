@@ -42,6 +42,7 @@ from ssmlora_app.adapters.targets import (
     replace_module,
 )
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.linalg import thin_matmul
 
 HEAD_CHAIN = "head"
 """Chain of the adapted modules outside the layer stack (the classification head's linears)."""
@@ -213,8 +214,7 @@ class SSMLoRALinear(AdapterLayer):
     def normalise(self, h: torch.Tensor) -> torch.Tensor:
         """``ĥ`` from ``h_new`` (``(..., r)``), over the r axis, in ``h``'s (fp32/fp64) dtype."""
         if self.norm == "minmax":
-            low = h.amin(dim=-1, keepdim=True)
-            high = h.amax(dim=-1, keepdim=True)
+            low, high = torch.aminmax(h, dim=-1, keepdim=True)  # one pass for both, (..., 1)
             return (h - low) / (high - low + self.eps)
         if self.norm == "layernorm":
             return F.layer_norm(h, h.shape[-1:], eps=self.eps)
@@ -222,7 +222,7 @@ class SSMLoRALinear(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
-        u = self.input_dropout(x.to(self.W_a.dtype)) @ self.W_a  # (..., r)
+        u = thin_matmul(self.input_dropout(x.to(self.W_a.dtype)), self.W_a)  # (..., r)
         h_prev = self.state_chain.read(self.chain, self.position, like=u)
         dtype = _compute_dtype(self.W_c.dtype)
         with torch.autocast(device_type=u.device.type, enabled=False):
@@ -236,8 +236,11 @@ class SSMLoRALinear(AdapterLayer):
         self.state_chain.write(
             self.chain, self.position, passed.detach() if self.detach_state else passed
         )
+        # The scale and the sum run in place on fresh (..., d_out) buffers, as in LoRA: neither a
+        # product's nor a linear's backward needs its output, so no temporary of the layer's
+        # output size is allocated beyond the two products themselves.
         update = (u + self.state_dropout(h_hat).to(u.dtype)) @ self.W_b  # (..., d_out)
-        return result + (update * self.scaling).to(result.dtype)
+        return result.add_(update.mul_(self.scaling).to(result.dtype))
 
 
 def _layered_type(name: str, layers_pattern: str | None) -> str | None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.linalg import thin_matmul
 
 SCAN_METHODS = ("fft", "sequential")
 """Names of the scan implementations (``fft`` fast path, ``sequential`` reference)."""
@@ -43,7 +44,7 @@ def _project_out(s: Tensor, C: Tensor) -> Tensor:
     if s.is_complex() or C.is_complex():
         s, C = s.to(torch.complex64), C.to(torch.complex64)
         return s.real @ C.real.T - s.imag @ C.imag.T
-    return s @ C.T
+    return thin_matmul(s, C.T)  # C rank-major: a faster backward on CPU (see linalg)
 
 
 def _state_dtype(A_bar: Tensor, B_bar: Tensor) -> torch.dtype:
