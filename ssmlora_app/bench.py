@@ -48,6 +48,7 @@ from ssmlora_app.adapters.registry import ADAPTERS
 from ssmlora_app.adapters.ssmlora_presets import lora_baseline_modules, preset_modules
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.linalg import thin_matmul
 from ssmlora_app.ssm.scan import lti_scan
 
 BASELINE = "lora"
@@ -593,7 +594,7 @@ def measure_scan(
         lti_scan(u, A_bar, B_bar, C, method=method)[0].sum().backward()
 
     def bypass(u: torch.Tensor) -> None:
-        ((u @ lora_A.T) @ lora_B.T).sum().backward()
+        thin_matmul(u @ lora_A.T, lora_B.T).sum().backward()  # as LoRALinear computes it
 
     rows = []
     for seq_len in seq_lens:

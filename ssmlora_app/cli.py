@@ -7,7 +7,9 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
+import torch
 from jsonargparse import auto_cli, set_parsing_settings
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -83,6 +85,9 @@ class SsmloraCLI(LightningCLI):
             init_args = getattr(item, "init_args", None) or {}
             _check_writable(getattr(init_args, "save_dir", None) if init_args else None)
         _check_writable(trainer.get("default_root_dir"))
+        precision = config.get("float32_matmul_precision")
+        if precision is not None:  # a process-wide torch setting; only CUDA reads it today
+            torch.set_float32_matmul_precision(precision)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Callbacks every run has, each configurable in YAML under its own key.
@@ -97,6 +102,15 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
         parser.add_lightning_class_args(SDTSelection, "sdt_selection")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_argument(
+            "--float32_matmul_precision",
+            type=Literal["highest", "high", "medium"] | None,
+            default="high",
+            help="Internal precision of fp32 matrix products (torch.set_float32_matmul_precision): "
+            "high lets CUDA GPUs with tensor cores use TF32 for fp32 weights and activations "
+            "(the frozen backbone under 32-true, the adapters' fp32 parts); highest keeps full "
+            "fp32; null leaves torch's setting alone. CPUs compute in full fp32 either way.",
+        )
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 
@@ -145,8 +159,10 @@ def bench(
     Args:
         preset: Backbone shape and settings: roberta-base, llama-tiny, llama-1b-shapes or
             mamba-130m (skipped when the SDT adapter is absent).
-        methods: Subset of frozen, full, lora, peft_lora, ssmlora, hrm_fft, hrm_sequential, sdt
-            (default: the preset's). Methods whose adapter is not registered are skipped.
+        methods: Subset of frozen, full, lora, peft_lora, ssmlora, lora_full_model (LoRA where
+            SSMLoRA's full_model sits, and on the paper's baseline for it), hrm_fft,
+            hrm_sequential, sdt (default: the preset's). Methods that cannot run on the preset's
+            backbone are skipped with a note.
         seq_lens: Sequence lengths of the whole-model rows (default: the preset's, shorter on CPU).
         scan_seq_lens: Sequence lengths of the HRM-scan-alone rows (default: the preset's; [] none).
         batch_size: Batch size (default: the preset's, smaller on CPU).
@@ -253,7 +269,7 @@ def main(args: list[str] | None = None) -> None:
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS,
-            args=argv,
+            args=None if args is None else argv,  # None: Lightning reads sys.argv itself
         )
     except SsmloraError as err:
         print(f"ssmlora: error: {err}", file=sys.stderr)

@@ -249,3 +249,26 @@ def test_a_checkpoint_from_another_adapter_configuration_is_refused(tmp_path, ca
         "does not fit this model's adapter (0 tensors missing, 0 unexpected, 8 of another shape"
         in capsys.readouterr().err
     )
+
+
+def test_float32_matmul_precision_is_applied_before_the_run(tmp_path, capsys):
+    before = torch.get_float32_matmul_precision()
+    common = [
+        "validate",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.limit_val_batches=1",
+    ]
+    try:
+        torch.set_float32_matmul_precision("highest")
+        main([*common, "--float32_matmul_precision=medium"])
+        assert torch.get_float32_matmul_precision() == "medium"
+        main([*common, "--float32_matmul_precision=null"])  # left as it is
+        assert torch.get_float32_matmul_precision() == "medium"
+        with pytest.raises(SystemExit) as err:
+            main([*common, "--float32_matmul_precision=low"])
+        assert err.value.code == 2 and "float32_matmul_precision" in capsys.readouterr().err
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -30,7 +30,7 @@ class PoisonedModule(AdapterModule):
         return loss * float("nan") if self.trainer.global_step in self.poison_steps else loss
 
 
-def _fit(tmp_path, guard, poison_steps):
+def _fit(tmp_path, guard, poison_steps, **trainer_args):
     data = TaskDataModule(
         task="quickstart", batch_size=16, max_length=32, max_train_samples=96, max_eval_samples=32
     )
@@ -40,7 +40,8 @@ def _fit(tmp_path, guard, poison_steps):
     )
     module.poison_steps = poison_steps
     trainer = L.Trainer(max_epochs=2, callbacks=[guard], logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+                        enable_model_summary=False, default_root_dir=tmp_path,
+                        **trainer_args)  # fmt: skip
     trainer.fit(module, data)
     return module, trainer
 
@@ -54,6 +55,27 @@ def test_a_nan_loss_stops_training_naming_the_step(tmp_path):
     checkpoints = list((tmp_path / "checkpoints").glob("*.ckpt"))
     assert len(checkpoints) == 1  # epoch 0's, written before the bad step, still there
     assert torch.load(checkpoints[0], weights_only=True)["global_step"] == 6
+
+
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_the_stop_check_reads_the_loss_only_when_lightning_logs(tmp_path, log_every, monkeypatch):
+    """The bad loss is recorded on the device; the host reads it at logging steps (here every
+    step, or every 4th) and before checkpoints."""
+    reads = []
+    original = NanGuard._raise_if_bad
+
+    def counted(self):
+        reads.append(1)
+        return original(self)
+
+    monkeypatch.setattr(NanGuard, "_raise_if_bad", counted)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at optimizer step 8 \(epoch 1\)"):
+        _fit(tmp_path, NanGuard(), poison_steps=(8,), log_every_n_steps=log_every)
+    # The bad loss is computed in the batch that ends with global_step 9. Checked after every
+    # batch: at steps 1..9 (raised at 9); every 4th: at 4, 8 and 12 (raised at 12). Plus the
+    # check at epoch 0's end and the one before its checkpoint is written.
+    batch_checks = 9 if log_every == 1 else 3
+    assert len(reads) == batch_checks + 2
 
 
 def test_skip_batches_drops_only_the_bad_batches(tmp_path):
