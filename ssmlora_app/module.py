@@ -26,6 +26,7 @@ from ssmlora_app.backbone import BackboneConfig, build_causal_lm, build_classifi
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.optim import LinearWarmupDecay, param_groups
 from ssmlora_app.tasks import TaskInfo
+from ssmlora_app.tasks.base import GROUP_COLUMN
 from ssmlora_app.tasks.metrics import build_metrics, teacher_forced_stats
 
 ROTARY_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "gemma", "phi3")
@@ -147,7 +148,7 @@ class AdapterModule(L.LightningModule):
     def _metrics(self, stage: str) -> torch.nn.ModuleList:
         info = self.task_info
         return torch.nn.ModuleList(
-            build_metrics(info.metrics, info.num_labels, self._prefix(stage, i))
+            build_metrics(info.metrics, info.num_labels, self._prefix(stage, i), info.grouped)
             for i in range(len(info.eval_splits))
         )
 
@@ -171,8 +172,19 @@ class AdapterModule(L.LightningModule):
             "params/total": count_parameters(self.model),
         }
 
+    @staticmethod
+    def _model_inputs(batch: dict) -> dict:
+        """The batch without what only the metrics read (a grouped task's group ids)."""
+        return {k: v for k, v in batch.items() if k != GROUP_COLUMN}
+
+    @staticmethod
+    def _groups(batch: dict) -> dict:
+        """``groups=`` for the grouped metrics (a collection passes it only to the metrics whose
+        ``update`` takes it); empty for an ungrouped task."""
+        return {"groups": batch[GROUP_COLUMN]} if GROUP_COLUMN in batch else {}
+
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(**batch).logits
+        return self.model(**self._model_inputs(batch)).logits
 
     def _predictions(self, logits: torch.Tensor) -> torch.Tensor:
         if self.task_info.problem_type == "regression":
@@ -180,7 +192,7 @@ class AdapterModule(L.LightningModule):
         return logits.argmax(-1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = self.model(**self._model_inputs(batch)).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -188,14 +200,14 @@ class AdapterModule(L.LightningModule):
         if self.is_causal_lm:
             self._evaluate_lm(batch, dataloader_idx, stage, metrics)
             return
-        out = self.model(**batch)
+        out = self.model(**self._model_inputs(batch))
         prefix = self._prefix(stage, dataloader_idx)
         size = batch["input_ids"].shape[0]
         self.log(
             f"{prefix}/loss", out.loss, add_dataloader_idx=False, batch_size=size, sync_dist=True
         )
         collection = metrics[dataloader_idx]
-        collection.update(self._predictions(out.logits), batch["labels"])
+        collection.update(self._predictions(out.logits), batch["labels"], **self._groups(batch))
         self.log_dict(collection, add_dataloader_idx=False, batch_size=size, prog_bar=True)
 
     # Causal LM: the batch layout is CausalLMCollator's.
@@ -218,7 +230,7 @@ class AdapterModule(L.LightningModule):
         if mode == "teacher_forced":
             collection.update(nll, correct, tokens)
         elif mode == "choice":
-            collection.update(self.choose(batch), batch["choice_label"])
+            collection.update(self.choose(batch), batch["choice_label"], **self._groups(batch))
         else:
             collection.update(self.generate_text(batch), batch["references"])
         self.log_dict(collection, add_dataloader_idx=False, batch_size=size, prog_bar=True)
@@ -265,7 +277,7 @@ class AdapterModule(L.LightningModule):
             if self.task_info.lm_eval == "generate":
                 return self.generate_text(batch)
             return self.model(**self._lm_inputs(batch)).logits.argmax(-1)
-        batch = {k: v for k, v in batch.items() if k != "labels"}
+        batch = {k: v for k, v in self._model_inputs(batch).items() if k != "labels"}
         return self._predictions(self.model(**batch).logits)
 
     def configure_optimizers(self):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
+from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks.metrics import build_metrics
 
 
@@ -51,3 +52,29 @@ def test_mcc_accuracy_and_f1_match_the_formulas(k, seed):
             ((p == 0) & (t == 1)).sum(),
         )
         assert float(values["val/f1"]) == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-6)
+
+
+def test_grouped_exact_match_hand_computed():
+    # groups 7 and 3 are split across the two updates; group 3 has one wrong option of two
+    metrics = build_metrics(("f1", "accuracy", "exact_match"), 2, "val", grouped=True)
+    metrics.update(torch.tensor([1, 0, 1]), torch.tensor([1, 0, 0]), groups=torch.tensor([7, 7, 3]))
+    metrics.update(
+        torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 1, 1]), groups=torch.tensor([7, 3, 5, 9])
+    )
+    values = metrics.compute()
+    # group 7: 3/3 right; 3: 1/2; 5: 1/1; 9: 0/1 -> 2 of 4 questions all right
+    assert float(values["val/exact_match"]) == pytest.approx(0.5)
+    assert float(values["val/accuracy"]) == pytest.approx(5 / 7)  # per option, groups ignored
+    assert float(values["val/f1"]) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # tp 3, fp 1, fn 1
+
+
+def test_grouped_exact_match_merges_ranks_and_needs_groups():
+    # two "ranks" each see part of a group: their cat states merge as DDP's sync gathers them
+    a, b = (build_metrics(("exact_match",), 2, "val", grouped=True)["exact_match"] for _ in "ab")
+    a.update(torch.tensor([1, 1]), torch.tensor([1, 1]), torch.tensor([0, 1]))
+    b.update(torch.tensor([0, 1]), torch.tensor([1, 1]), torch.tensor([0, 2]))
+    assert float(b.compute()) == pytest.approx(0.5)
+    a.merge_state(b)
+    assert float(a.compute()) == pytest.approx(2 / 3)  # group 0 has a wrong option on rank b
+    with pytest.raises(SsmloraError, match="group"):
+        a.update(torch.tensor([1]), torch.tensor([1]))

@@ -1,5 +1,6 @@
 """The LightningModule through the CLI on other task shapes: MNLI's two evaluation splits,
-STS-B regression; backbones and tokenizers from local folders."""
+STS-B regression, MultiRC's answer options grouped by question; backbones and tokenizers from
+local folders."""
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from ssmlora_app.tasks import get_task
 from tests.conftest import TINY_ROBERTA
 from tests.helpers import tiny_classifier
 from tests.test_data import write_glue
+from tests.test_tasks_data import MULTIRC_JSONL, write_jsonl
 
 
 @pytest.fixture
@@ -27,11 +29,17 @@ def word_tokenizer(tmp_path):
     [
         ("mnli", ["val_matched/accuracy", "val_mismatched/accuracy"]),
         ("stsb", ["val/pearson", "val/spearman", "val/mse"]),
+        ("multirc", ["val/f1", "val/accuracy", "val/exact_match"]),
     ],
 )
 def test_fit_on_other_task_shapes(tmp_path, word_tokenizer, task, expected, caplog):
     caplog.set_level("INFO")
-    root = write_glue(tmp_path / "glue", task)
+    if task == "multirc":  # SuperGLUE's original layout
+        root = tmp_path / "superglue"
+        for name in ("train.jsonl", "val.jsonl"):
+            write_jsonl(root / "MultiRC" / name, MULTIRC_JSONL)
+    else:
+        root = write_glue(tmp_path / "glue", task)
     config = {
         "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False,
                     "default_root_dir": str(tmp_path), "logger": False},

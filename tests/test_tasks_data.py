@@ -8,6 +8,7 @@ import pytest
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import get_task
+from ssmlora_app.tasks.datamodule import TaskDataModule
 from ssmlora_app.tasks.state_tracking import (
     compose,
     group_elements,
@@ -186,3 +187,66 @@ def test_byte_lm_windows(tmp_path):
     assert len(task.builtin_tokenizer()) == 256
     with pytest.raises(SsmloraError, match="no validation window"):
         get_task("byte_lm", {"window": 512}).windows("validation", str(corpus))
+
+
+def _answer(idx, text, label):
+    return {"idx": idx, "text": text, "label": label}
+
+
+MULTIRC_JSONL = [  # the original layout: a passage per line, question ids restart per passage
+    {"idx": 0, "passage": {"text": "P0", "questions": [
+        {"idx": 0, "question": "Q0", "answers": [_answer(0, "a", True), _answer(1, "b", False)]},
+        {"idx": 1, "question": "Q1", "answers": [_answer(2, "c", False)]},
+    ]}},
+    {"idx": 1, "passage": {"text": "P1", "questions": [
+        {"idx": 0, "question": "Q2", "answers": [_answer(0, "d", True)]},
+    ]}},
+]  # fmt: skip
+MULTIRC_HUB = [  # the same in aps/super_glue: a row per answer option
+    {"paragraph": "P0", "question": "Q0", "answer": "a", "label": 1,
+     "idx": {"paragraph": 0, "question": 0, "answer": 0}},
+    {"paragraph": "P0", "question": "Q0", "answer": "b", "label": 0,
+     "idx": {"paragraph": 0, "question": 0, "answer": 1}},
+    {"paragraph": "P0", "question": "Q1", "answer": "c", "label": 0,
+     "idx": {"paragraph": 0, "question": 1, "answer": 2}},
+    {"paragraph": "P1", "question": "Q2", "answer": "d", "label": 1,
+     "idx": {"paragraph": 1, "question": 0, "answer": 0}},
+]  # fmt: skip
+
+
+def test_multirc_records_carry_their_question_from_both_layouts(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "MultiRC" / "val.jsonl", MULTIRC_JSONL)
+    monkeypatch.setattr(
+        "ssmlora_app.tasks.superglue.datasets.load_dataset",
+        lambda hub_id, config, split: [dict(r) for r in MULTIRC_HUB],
+    )
+    task = get_task("multirc")
+    assert task.grouped and not get_task("boolq").grouped
+    assert task.metrics == ("f1", "accuracy", "exact_match") == task.lm_metrics
+    for data_dir in (str(tmp_path), None):  # the original JSONL, then the (stubbed) hub
+        records = task.records("validation", data_dir)
+        assert [r["idx"] for r in records] == [r["idx"] for r in MULTIRC_HUB]
+        assert [r["group"] for r in records] == [0, 0, 1, 2]  # one per (paragraph, question)
+        classification = task.load_split("validation", data_dir)
+        assert classification["group"] == [0, 0, 1, 2] and classification["label"] == [1, 0, 0, 1]
+        lm = task.load_lm_split("validation", data_dir)
+        assert lm["group"] == [0, 0, 1, 2] and lm["label"] == [1, 0, 0, 1]
+    # lines without idx fields: the line numbers the passage, the position its questions
+    bare = {"passage": {"text": "T", "questions": [
+        {"question": "Q", "answers": [{"text": "x", "label": 0}, {"text": "y", "label": 1}]},
+        {"question": "R", "answers": [{"text": "z", "label": 1}]},
+    ]}}  # fmt: skip
+    write_jsonl(tmp_path / "MultiRC" / "val.jsonl", [bare, bare])
+    assert task.load_split("validation", str(tmp_path))["group"] == [0, 0, 1, 2, 2, 3]
+
+
+@pytest.mark.parametrize("objective", ["classification", "causal_lm"])
+def test_multirc_evaluation_batches_carry_the_group_ids(tmp_path, objective):
+    write_jsonl(tmp_path / "MultiRC" / "val.jsonl", MULTIRC_JSONL)
+    data = TaskDataModule("multirc", str(tmp_path), objective=objective, eval_batch_size=3)
+    assert data.task_info.grouped
+    data.setup("validate")
+    batches = list(data.val_dataloader()[0])
+    assert [b["group"].tolist() for b in batches] == [[0, 0, 1], [2]]  # question 2 in batch 2
+    labels = "labels" if objective == "classification" else "choice_label"
+    assert [b[labels].tolist() for b in batches] == [[1, 0, 0], [1]]

@@ -34,17 +34,22 @@ class TaskInfo:
     max_new_tokens: int = 0
     """Generation length for ``lm_eval: generate`` (also the room kept for the target)."""
     label_names: tuple[str, ...] | None = None
-    max_length: int | None = None
-    """Longest input in tokens (``data.max_length``), checked against the backbone's positions."""
     """Class names in class-id order (predictions are written with them; exported adapters and
     merged models keep them); None when the classes are plain ids."""
+    max_length: int | None = None
+    """Longest input in tokens (``data.max_length``), checked against the backbone's positions."""
+    grouped: bool = False
+    """The examples come in groups scored together (MultiRC: the answer options of one question):
+    evaluation batches carry their ids under :data:`GROUP_COLUMN`, and ``exact_match`` is the
+    fraction of groups whose examples are all right (see :mod:`ssmlora_app.tasks.metrics`)."""
 
 
 class Task(Protocol):
     """A text (pair) classification or regression task.
 
     ``load_split`` returns a dataset with columns ``text_a`` (str), ``text_b`` (str or None) and
-    ``label`` (int class id, or float for regression).
+    ``label`` (int class id, or float for regression); a task with ``grouped = True`` (optional,
+    default False) adds ``group`` (int, see :data:`GROUP_COLUMN`).
     """
 
     name: str
@@ -78,6 +83,7 @@ class LMTask(Protocol):
     - ``label`` (int): index of the gold option, -1 without options.
     - ``references`` (list[str]): reference answers for the generation metrics, else [].
     - ``target_ids`` (list[int]): optional; token ids used instead of ``target`` (byte LM).
+    - ``group`` (int): a grouped task's group id (see :data:`GROUP_COLUMN`).
     """
 
     name: str
@@ -94,3 +100,8 @@ class LMTask(Protocol):
 
 LM_COLUMNS = ("document", "prompt", "target", "choices", "label", "references")
 """Columns every ``load_lm_split`` dataset has (``target_ids`` is optional)."""
+
+GROUP_COLUMN = "group"
+"""Column (and evaluation batch key, a (B,) tensor) of a grouped task's group ids: examples with
+the same id are scored together by ``exact_match`` (MultiRC: the answer options of one question).
+The model never sees it."""

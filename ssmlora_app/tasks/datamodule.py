@@ -13,7 +13,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TaskInfo, get_task
-from ssmlora_app.tasks.base import LM_COLUMNS
+from ssmlora_app.tasks.base import GROUP_COLUMN, LM_COLUMNS
 from ssmlora_app.tasks.lm import TRUNCATION_POLICIES, CausalLMCollator, LMFormat, encode_lm_example
 from ssmlora_app.tasks.samplers import EpochShuffleSampler, ResumableDataLoader, ShardSampler
 from ssmlora_app.tokenization import load_tokenizer
@@ -129,6 +129,7 @@ class TaskDataModule(L.LightningDataModule):
             max_new_tokens=max_new_tokens if is_lm and lm_eval == "generate" else 0,
             label_names=None if is_lm else getattr(self.task, "label_names", None),
             max_length=max_length,
+            grouped=getattr(self.task, "grouped", False),
         )
         self.lm_format = LMFormat(max_length, truncation, lm_eval, self.task_info.max_new_tokens)
         if is_lm:
@@ -176,6 +177,11 @@ class TaskDataModule(L.LightningDataModule):
                 )
                 + ": check the data files and data.max_train_samples / data.max_eval_samples."
             )
+        if self.task_info.grouped and GROUP_COLUMN not in ds.column_names:
+            raise SsmloraError(
+                f"Task {self.task.name!r} is grouped but its {split} split has no "
+                f"{GROUP_COLUMN!r} column (see ssmlora_app.tasks.base.GROUP_COLUMN)."
+            )
         if is_lm:
             render = getattr(self.task, "render_lm", None)  # tokenizer-dependent formatting
             if render is not None:
@@ -188,7 +194,9 @@ class TaskDataModule(L.LightningDataModule):
                 )
             return ds.map(
                 partial(encode_lm_example, tokenizer=self.tokenizer, fmt=self.lm_format),
-                remove_columns=[c for c in ds.column_names if c not in ("label", "references")],
+                remove_columns=[
+                    c for c in ds.column_names if c not in ("label", "references", GROUP_COLUMN)
+                ],
                 desc=f"Tokenising {self.task.name} {split}",
             )
         ds = ds.map(

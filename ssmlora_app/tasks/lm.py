@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tasks.base import GROUP_COLUMN
 
 TRUNCATION_POLICIES = ("middle", "tail", "head")
 IGNORE = -100
@@ -111,7 +112,8 @@ class CausalLMCollator:
 
     Training batches hold ``input_ids``, ``attention_mask``, ``labels``. Evaluation batches add,
     by ``lm_eval``: ``choice_*`` (B·K rows, K options per example) and ``choice_label`` (B,);
-    ``prompt_ids`` + ``prompt_lengths`` and ``references`` (lists of strings) for generation.
+    ``prompt_ids`` + ``prompt_lengths`` and ``references`` (lists of strings) for generation; and
+    a grouped task's ``group`` ids (B,).
     """
 
     pad_token_id: int
@@ -144,4 +146,6 @@ class CausalLMCollator:
             batch["prompt_ids"] = _pad([r["prompt_ids"] for r in rows], self.pad_token_id)
             batch["prompt_lengths"] = torch.tensor([len(r["prompt_ids"]) for r in rows])
             batch["references"] = [list(r["references"]) for r in rows]
+        if GROUP_COLUMN in rows[0]:
+            batch[GROUP_COLUMN] = torch.tensor([r[GROUP_COLUMN] for r in rows])
         return batch

@@ -5,6 +5,11 @@ predictions, also the arg-max option of causal-LM multiple choice. Text metrics 
 ``rouge2``, ``rougeL``, ``token_f1``, ``exact_match``) take generated strings and lists of reference
 strings. Teacher-forced metrics (``token_accuracy``, ``sequence_accuracy``, ``bits_per_byte``) take
 per-example sums from the module (see :func:`teacher_forced_stats`).
+
+Grouped tasks (MultiRC: one example per answer option, grouped by question) also pass each
+example's group id as ``update(preds, target, groups=...)``; a metric collection hands ``groups``
+only to the metrics whose ``update`` takes it. There ``exact_match`` is :class:`GroupedExactMatch`
+(class ids: the fraction of groups whose examples are all right), not the text metric.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.text import ROUGEScore
+from torchmetrics.utilities import dim_zero_cat
+
+from ssmlora_app.errors import SsmloraError
 
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "token_f1", "exact_match")
 TEACHER_FORCED_METRICS = ("token_accuracy", "sequence_accuracy", "bits_per_byte")
@@ -82,6 +90,51 @@ class ExactMatch(_MeanOverExamples):
 
     def score(self, prediction: str, reference: str) -> float:
         return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+class GroupedExactMatch(Metric):
+    """Exact match over groups of class-id predictions: the fraction of groups whose examples are
+    all predicted right (MultiRC's EM: a question counts when every one of its answer options is
+    classified right; SuperGLUE's and HF ``evaluate``'s ``exact_match``).
+
+    ``update`` takes ``preds`` and ``target`` (B,) class ids and ``groups`` (B,) integer group
+    ids. A group's examples may arrive in several batches, or on several ranks: the states keep
+    every example's group and error (``cat``, gathered by the DDP sync) and ``compute`` scores the
+    groups over all of them at once.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("groups", default=[], dist_reduce_fx="cat")
+        self.add_state("wrong", default=[], dist_reduce_fx="cat")
+
+    def update(
+        self, preds: torch.Tensor, target: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> None:
+        if groups is None:
+            raise SsmloraError(
+                "exact_match over class ids scores groups of examples and needs their ids: the "
+                "task's data must carry a 'group' column (MultiRC: the question of each answer "
+                "option) and its TaskInfo say grouped=True."
+            )
+        if not preds.shape == target.shape == groups.shape:
+            raise SsmloraError(
+                f"exact_match: preds {tuple(preds.shape)}, target {tuple(target.shape)} and groups "
+                f"{tuple(groups.shape)} must have the same shape (one group id per example)."
+            )
+        self.groups.append(groups.long().flatten())
+        self.wrong.append((preds != target).long().flatten())
+
+    def compute(self) -> torch.Tensor:
+        if isinstance(self.groups, list) and not self.groups:
+            return torch.tensor(0.0, device=self.device)
+        groups, wrong = dim_zero_cat(self.groups), dim_zero_cat(self.wrong)  # (N,), (N,)
+        ids, group_of = torch.unique(groups, return_inverse=True)  # (G,), (N,)
+        errors = torch.zeros(len(ids), dtype=torch.long, device=groups.device)
+        errors.index_add_(0, group_of, wrong)  # (G,): wrong examples per group
+        return (errors == 0).float().mean()
 
 
 class RougeF(Metric):
@@ -148,7 +201,7 @@ def teacher_forced_stats(
     return nll, correct, mask.sum(1)
 
 
-def _metric(name: str, num_labels: int) -> Metric:
+def _metric(name: str, num_labels: int, grouped: bool = False) -> Metric:
     if name == "accuracy":
         # micro = the fraction of correct predictions (torchmetrics defaults to macro)
         return MulticlassAccuracy(num_classes=num_labels, average="micro")
@@ -169,12 +222,20 @@ def _metric(name: str, num_labels: int) -> Metric:
     if name == "token_f1":
         return TokenF1()
     if name == "exact_match":
-        return ExactMatch()
+        return GroupedExactMatch() if grouped else ExactMatch()
     if name in TEACHER_FORCED_METRICS:
         return TeacherForced(name)
     raise ValueError(f"unknown metric {name!r}")
 
 
-def build_metrics(names: tuple[str, ...], num_labels: int, prefix: str) -> MetricCollection:
-    """A fresh collection (one per stage and dataloader), logged as ``{prefix}/{name}``."""
-    return MetricCollection({n: _metric(n, num_labels) for n in names}, prefix=f"{prefix}/")
+def build_metrics(
+    names: tuple[str, ...], num_labels: int, prefix: str, grouped: bool = False
+) -> MetricCollection:
+    """A fresh collection (one per stage and dataloader), logged as ``{prefix}/{name}``.
+
+    ``grouped``: the examples come in groups (see :class:`~.base.TaskInfo`); ``exact_match`` is
+    then :class:`GroupedExactMatch` over class ids, which the module updates with ``groups=``.
+    """
+    return MetricCollection(
+        {n: _metric(n, num_labels, grouped) for n in names}, prefix=f"{prefix}/"
+    )

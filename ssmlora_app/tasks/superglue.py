@@ -4,9 +4,13 @@ local JSONL files in the original layout (``<Task>/{train,val}.jsonl``).
 Each task serves both objectives: ``classification`` (text pair -> class, the SSMLoRA paper's
 LLaMA set-up with a classification head) and ``causal_lm`` (a prompt and answer options scored by
 log-likelihood, arg-max). Test labels are hidden, so ``test`` evaluates the validation set, as the
-papers report. MultiRC is scored per answer option (F1a = binary F1 over all options, and accuracy;
-the per-question exact match is not computed). The records are first normalised to the hub's
-field names and integer labels (``entailment``=0 for CB/RTE, True=1 for BoolQ/WiC/WSC).
+papers report. MultiRC is classified per answer option and reports SuperGLUE's metrics: F1a
+(``f1``: binary F1 over all options), EM (``exact_match``: the fraction of questions whose options
+are all classified right) and the per-option ``accuracy``; each option carries its question's id
+(``group``, from the ``idx`` pair paragraph/question) for EM. With ``data.max_eval_samples`` EM
+scores each drawn question over its drawn options. The records are first normalised to the hub's
+field names and integer labels (``entailment``=0 for CB/RTE, True=1 for BoolQ/WiC/WSC), MultiRC's
+with the hub's ``idx`` ({paragraph, question, answer}).
 """
 
 from __future__ import annotations
@@ -19,32 +23,54 @@ from typing import ClassVar
 import datasets
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tasks.base import GROUP_COLUMN
 
 HUB_ID = "aps/super_glue"
 LOCAL_FILES = {"train": "train.jsonl", "validation": "val.jsonl"}
 
 
-def _flatten_multirc(example: dict) -> list[dict]:
-    """An original MultiRC line (a passage with questions with answers) -> one record per answer."""
+def _flatten_multirc(example: dict, line: int) -> list[dict]:
+    """An original MultiRC line (a passage with questions with answers) -> one record per answer,
+    with the hub's ``idx`` ({paragraph, question, answer}, from the line's own ``idx`` fields).
+
+    ``line`` (0-based) numbers a passage without an ``idx``, as the position in the passage
+    numbers a question (in the question, an answer) without one.
+    """
     passage = example["passage"]
+    paragraph = example.get("idx", line)
     records = []
-    for question in passage["questions"]:
-        for answer in question["answers"]:
+    for q, question in enumerate(passage["questions"]):
+        for a, answer in enumerate(question["answers"]):
             records.append(
                 {
                     "paragraph": passage["text"],
                     "question": question["question"],
                     "answer": answer["text"],
                     "label": int(answer["label"]),
+                    "idx": {
+                        "paragraph": paragraph,
+                        "question": question.get("idx", q),
+                        "answer": answer.get("idx", a),
+                    },
                 }
             )
     return records
 
 
-def _normalise_local(task: str, example: dict) -> list[dict]:
-    """An original SuperGLUE JSONL record -> records with the hub's fields and integer labels."""
+def _question_groups(records: list[dict]) -> list[int]:
+    """MultiRC: the group id of each answer-option record: its question, the ``idx`` pair
+    (paragraph, question), numbered 0, 1, ... in order of first appearance."""
+    ids: dict[tuple[int, int], int] = {}
+    return [
+        ids.setdefault((r["idx"]["paragraph"], r["idx"]["question"]), len(ids)) for r in records
+    ]
+
+
+def _normalise_local(task: str, example: dict, line: int) -> list[dict]:
+    """An original SuperGLUE JSONL record (``line``: its 0-based line) -> records with the hub's
+    fields and integer labels."""
     if task == "multirc":
-        return _flatten_multirc(example)
+        return _flatten_multirc(example, line)
     record = dict(example)
     label = record.get("label")
     if task in ("cb", "rte") and isinstance(label, str):
@@ -140,6 +166,11 @@ class SuperGlueTask:
     def is_regression(self) -> bool:
         return False
 
+    @property
+    def grouped(self) -> bool:
+        """MultiRC: the answer options of one question form a group (``exact_match``)."""
+        return self.key == "multirc"
+
     def task_dir(self, data_dir: str) -> Path:
         root = Path(data_dir)
         return root / self.folder if (root / self.folder).is_dir() else root
@@ -156,22 +187,32 @@ class SuperGlueTask:
             )
 
     def records(self, split: str, data_dir: str | None) -> list[dict]:
+        """The split's records in the hub's layout; a grouped task's carry ``group`` (int)."""
         if split not in LOCAL_FILES:
             raise SsmloraError(f"{self.name}: unknown split {split!r} (train or validation).")
         if data_dir is None:
-            return list(datasets.load_dataset(HUB_ID, self.hub_config, split=split))
-        path = self.task_dir(data_dir) / LOCAL_FILES[split]
-        if not path.is_file():
-            raise SsmloraError(f"{self.name}: no file {path} for split {split!r}.")
-        with open(path, encoding="utf-8") as handle:
-            lines = [json.loads(line) for line in handle if line.strip()]
-        return [r for line in lines for r in _normalise_local(self.key, line)]
+            records = list(datasets.load_dataset(HUB_ID, self.hub_config, split=split))
+        else:
+            path = self.task_dir(data_dir) / LOCAL_FILES[split]
+            if not path.is_file():
+                raise SsmloraError(f"{self.name}: no file {path} for split {split!r}.")
+            with open(path, encoding="utf-8") as handle:
+                lines = [json.loads(line) for line in handle if line.strip()]
+            records = [
+                r for i, line in enumerate(lines) for r in _normalise_local(self.key, line, i)
+            ]
+        if self.grouped:
+            for r, group in zip(records, _question_groups(records), strict=True):
+                r[GROUP_COLUMN] = group
+        return records
 
     def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
         rows = []
         for r in self.records(split, data_dir):
             a, b = classification_pair(self.key, r)
             rows.append({"text_a": a, "text_b": b, "label": int(r["label"])})
+            if self.grouped:
+                rows[-1][GROUP_COLUMN] = r[GROUP_COLUMN]
         return datasets.Dataset.from_list(rows)
 
     def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
@@ -189,6 +230,8 @@ class SuperGlueTask:
                     "references": [],
                 }
             )
+            if self.grouped:
+                rows[-1][GROUP_COLUMN] = r[GROUP_COLUMN]
         return datasets.Dataset.from_list(rows)
 
     def builtin_tokenizer(self):
@@ -203,7 +246,9 @@ SUPERGLUE_TASKS: dict[str, SuperGlueTask] = {
         SuperGlueTask("boolq", "boolq", "BoolQ", "boolq", 2, ("accuracy",)),
         SuperGlueTask("cb", "cb", "CB", "cb", 3, ("accuracy", "macro_f1")),
         SuperGlueTask("copa", "copa", "COPA", "copa", 2, ("accuracy",)),
-        SuperGlueTask("multirc", "multirc", "MultiRC", "multirc", 2, ("f1", "accuracy")),
+        SuperGlueTask(
+            "multirc", "multirc", "MultiRC", "multirc", 2, ("f1", "accuracy", "exact_match")
+        ),
         SuperGlueTask("superglue_rte", "rte", "RTE", "rte", 2, ("accuracy",)),
         SuperGlueTask("wic", "wic", "WiC", "wic", 2, ("accuracy",)),
         SuperGlueTask("wsc", "wsc", "WSC", "wsc.fixed", 2, ("accuracy",)),
