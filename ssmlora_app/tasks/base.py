@@ -32,12 +32,14 @@ class TaskInfo:
     ``generate`` (greedy decoding, then a text metric) or ``teacher_forced`` (arg-max and
     log-likelihood of the target tokens: state tracking, bits per byte)."""
     max_new_tokens: int = 0
-    """Generation length for ``lm_eval: generate`` (also the room kept for the target)."""
+    """Generation length for ``lm_eval: generate`` (also the room kept for the target), and for
+    ``ssmlora predict`` under ``teacher_forced`` (within ``max_length``; 0: as many tokens as the
+    reference has). 0 under ``choice``."""
     label_names: tuple[str, ...] | None = None
-    max_length: int | None = None
-    """Longest input in tokens (``data.max_length``), checked against the backbone's positions."""
     """Class names in class-id order (predictions are written with them; exported adapters and
     merged models keep them); None when the classes are plain ids."""
+    max_length: int | None = None
+    """Longest input in tokens (``data.max_length``), checked against the backbone's positions."""
 
 
 class Task(Protocol):
@@ -86,7 +88,8 @@ class LMTask(Protocol):
     lm_metrics: tuple[str, ...]
     """Metric names under ``causal_lm`` (``metrics`` stays the classification ones)."""
     max_new_tokens: int
-    """Default generation length for ``lm_eval: generate`` (0 otherwise)."""
+    """Default generation length for ``lm_eval: generate``, and for ``ssmlora predict`` under
+    ``teacher_forced`` (0: as many tokens as each target has)."""
     eval_splits: tuple[str, ...]
 
     def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset: ...
