@@ -125,11 +125,13 @@ class AdapterModule(L.LightningModule):
             positions -= (
                 config.pad_token_id or 0
             ) + 1  # RoBERTa's positions start after the pad id
-        longest = info.max_length + info.max_new_tokens
+        # Teacher-forced predictions generate within max_length (see predict_new_tokens).
+        new_tokens = info.max_new_tokens if info.lm_eval == "generate" else 0
+        longest = info.max_length + new_tokens
         if longest > positions and config.model_type not in ROTARY_MODEL_TYPES:
             raise SsmloraError(
                 f"data.max_length={info.max_length}"
-                + (f" + max_new_tokens={info.max_new_tokens}" if info.max_new_tokens else "")
+                + (f" + max_new_tokens={new_tokens}" if new_tokens else "")
                 + f" exceeds the {positions} positions of the {config.model_type} backbone: lower "
                 "data.max_length (inputs are truncated to it) or use a longer-context backbone."
             )
@@ -242,17 +244,27 @@ class AdapterModule(L.LightningModule):
         scores = torch.split(-nll, batch["num_choices"].tolist())
         return torch.stack([s.argmax() for s in scores])
 
-    def generate_ids(self, batch: dict) -> list[torch.Tensor]:
-        """Greedy continuations (KV cache, ``max_new_tokens``) of each prompt, one prompt at a
-        time: no padding reaches the model, so sequence adapters (HRM) read only real tokens."""
+    def generate_ids(
+        self, batch: dict, max_new_tokens: list[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Greedy continuations (KV cache) of each prompt (``prompt_ids`` (B, P) up to
+        ``prompt_lengths`` (B,)), one prompt at a time: no padding reaches the model, so sequence
+        adapters (HRM) read only real tokens. Each continuation (1-D) stops at EOS or after
+        ``max_new_tokens`` (one per prompt; default ``task_info.max_new_tokens`` for all)."""
+        lengths = batch["prompt_lengths"].tolist()
+        if max_new_tokens is None:
+            max_new_tokens = [self.task_info.max_new_tokens] * len(lengths)
         outputs = []
-        for row, length in zip(batch["prompt_ids"], batch["prompt_lengths"].tolist(), strict=True):
+        for row, length, new in zip(batch["prompt_ids"], lengths, max_new_tokens, strict=True):
+            if new <= 0:
+                outputs.append(row.new_empty(0))
+                continue
             prompt = row[:length].unsqueeze(0)
             with hrm_generation(self.model):
                 out = self.model.generate(
                     input_ids=prompt,
                     attention_mask=torch.ones_like(prompt),
-                    max_new_tokens=self.task_info.max_new_tokens,
+                    max_new_tokens=new,
                     do_sample=False,
                     use_cache=True,
                     pad_token_id=self.task_info.pad_token_id,
@@ -260,9 +272,29 @@ class AdapterModule(L.LightningModule):
             outputs.append(out[0, length:])
         return outputs
 
-    def generate_text(self, batch: dict) -> list[str]:
+    def generate_text(self, batch: dict, max_new_tokens: list[int] | None = None) -> list[str]:
+        """:meth:`generate_ids`, decoded without special tokens: one string per prompt."""
         tokenizer = self.trainer.datamodule.tokenizer
-        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in self.generate_ids(batch)]
+        return [
+            tokenizer.decode(ids, skip_special_tokens=True)
+            for ids in self.generate_ids(batch, max_new_tokens)
+        ]
+
+    def predict_new_tokens(self, batch: dict) -> list[int] | None:
+        """Tokens generated per example by ``predict``: under ``generate``, ``max_new_tokens`` (the
+        data kept that room); under ``teacher_forced``, ``max_new_tokens`` or, when 0, the
+        reference's length (``target_lengths``), either way within ``data.max_length`` with the
+        prompt, the longest sequence the model was checked for."""
+        info = self.task_info
+        if info.lm_eval == "generate":
+            return None
+        lengths = batch["prompt_lengths"].tolist()
+        wanted = batch["target_lengths"].tolist()
+        if info.max_new_tokens > 0:
+            wanted = [info.max_new_tokens] * len(lengths)
+        if info.max_length is None:
+            return wanted
+        return [min(w, info.max_length - p) for w, p in zip(wanted, lengths, strict=True)]
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, dataloader_idx, "val", self.val_metrics)
@@ -270,13 +302,15 @@ class AdapterModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, dataloader_idx, "test", self.test_metrics)
 
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0):
+    def predict_step(
+        self, batch: dict, batch_idx: int, dataloader_idx: int = 0
+    ) -> torch.Tensor | list[str]:
+        """Classification: class ids, or scores for regression (B,). Causal LM: the chosen
+        option's index (B,) under ``choice``, else each example's greedy answer as text."""
         if self.is_causal_lm:
             if self.task_info.lm_eval == "choice":
                 return self.choose(batch)
-            if self.task_info.lm_eval == "generate":
-                return self.generate_text(batch)
-            return self.model(**self._lm_inputs(batch)).logits.argmax(-1)
+            return self.generate_text(batch, self.predict_new_tokens(batch))
         batch = {k: v for k, v in self._model_inputs(batch).items() if k != "labels"}
         return self._predictions(self.model(**batch).logits)
 

@@ -4,17 +4,22 @@ offline fit + predict through the CLI."""
 import csv
 import json
 import random
+import re
 from collections import Counter
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from ssmlora_app.adapters import load_adapter
+from ssmlora_app.backbone import BackboneConfig, build_causal_lm
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import get_task
 from ssmlora_app.tasks.datamodule import TaskDataModule
 from ssmlora_app.tasks.lm import IGNORE
+from ssmlora_app.tasks.vocab import byte_tokenizer
 from tests.conftest import TINY_ROBERTA
 
 ROWS = [
@@ -190,6 +195,7 @@ def test_prompt_completion_loss_on_the_completion_only(tmp_path):
     args = {"train_file": path, "task_type": "causal_lm", "validation_ratio": 0.25}
     dm = TaskDataModule(task="custom", task_args=args, objective="causal_lm", max_length=64)
     assert dm.task_info.metrics == ("token_accuracy", "sequence_accuracy")
+    assert dm.task_info.max_new_tokens == 64  # the length of the answers predict writes
     dm.setup("fit")
     tok = dm.tokenizer
     row = dm.splits["train"][0]
@@ -198,6 +204,15 @@ def test_prompt_completion_loss_on_the_completion_only(tmp_path):
     prompt = tok.decode(row["input_ids"][: len(row["input_ids"]) - len(target)])
     assert target[-1] == tok.eos_token_id  # the model learns to stop
     assert tok.decode(target[:-1]) == original[prompt]
+    # Predict batches bring the prompts to generate from; validation batches stay as they were.
+    batch = next(iter(dm.predict_dataloader()[0]))
+    val = next(iter(dm.val_dataloader()[0]))
+    assert val.keys() == {"input_ids", "attention_mask", "labels"}
+    assert torch.equal(batch["input_ids"], val["input_ids"])
+    for i, length in enumerate(batch["prompt_lengths"].tolist()):
+        prompt = tok.decode(batch["prompt_ids"][i, :length])
+        target = batch["input_ids"][i, length : length + batch["target_lengths"][i]]
+        assert tok.decode(target, skip_special_tokens=True) == original[prompt]
 
 
 def test_the_chat_template_wraps_the_prompt(tmp_path):
@@ -279,20 +294,116 @@ def test_fit_then_predict_writes_the_original_label_strings(tmp_path, caplog):
               '"labels": ["positive", "negative"]}', f"--predictions.output_dir={out}"])  # fmt: skip
 
 
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 64}  # fmt: skip
+LORA = {"class_path": "ssmlora_app.adapters.LoRAConfig",
+        "init_args": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}  # fmt: skip
+
+
 def test_fit_on_a_prompt_completion_jsonl(tmp_path, caplog):
     caplog.set_level("INFO")
     write(tmp_path / "sft.jsonl", LM_ROWS)
     data = {"task": "custom", "objective": "causal_lm", "max_length": 32, "batch_size": 4,
             "task_args": {"train_file": str(tmp_path / "sft.jsonl"), "task_type": "causal_lm",
                           "validation_ratio": 0.25}}  # fmt: skip
-    backbone = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "max_position_embeddings": 64}  # fmt: skip
-    lora = {"class_path": "ssmlora_app.adapters.LoRAConfig",
-            "init_args": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}  # fmt: skip
-    main(["fit", "--config", _config(tmp_path, data, backbone, lora), "--trainer.max_epochs=1"])
+    main(["fit", "--config", _config(tmp_path, data, TINY_LLAMA, LORA), "--trainer.max_epochs=1"])
     assert "val/token_accuracy = " in caplog.text
     assert (tmp_path / "runs" / "c" / "version_0" / "adapter" / "adapter_config.json").is_file()
+
+
+# Predictions of prompt/completion tasks: the greedy answer as text, next to the reference.
+def _greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """What ``model.generate`` (greedy) writes after ``[bos] prompt``, decoded."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = torch.tensor([bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def _predict(config: str, out, *extra: str) -> list[dict]:
+    main(["predict", "--config", config, f"--predictions.output_dir={out}", *extra])
+    return [json.loads(line) for line in (out / "custom_validation.jsonl").open()]
+
+
+def _validation_rows(args: dict) -> list[dict]:
+    task = get_task("custom", args)
+    task.check_data_dir(None)
+    return list(task.load_lm_split("validation", None))
+
+
+def test_predict_writes_the_greedy_completion_of_a_teacher_forced_sft_run(tmp_path):
+    write(tmp_path / "sft.jsonl", LM_ROWS)
+    args = {
+        "train_file": str(tmp_path / "sft.jsonl"),
+        "task_type": "causal_lm",
+        "validation_ratio": 0.25,
+    }  # fmt: skip  (lm_eval: teacher_forced, the default)
+    data = {"task": "custom", "objective": "causal_lm", "max_length": 32, "batch_size": 4,
+            "eval_batch_size": 2, "task_args": args}  # fmt: skip
+    config = _config(tmp_path, data, TINY_LLAMA, LORA)
+    main(["fit", "--config", config, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+          "--model.optimizer.init_args.lr=0.1"])  # fmt: skip
+    run = tmp_path / "runs" / "c" / "version_0"
+    ckpt = f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    # The trained model, rebuilt by hand: the seeded config backbone + the exported adapter.
+    tokenizer = byte_tokenizer()
+    backbone = BackboneConfig(config=TINY_LLAMA)
+    model = build_causal_lm(backbone, len(tokenizer), tokenizer.pad_token_id)
+    model = load_adapter(model, run / "adapter").eval()
+    plain = build_causal_lm(backbone, len(tokenizer), tokenizer.pad_token_id).eval()
+    rows = _validation_rows(args)
+    assert len(rows) == 3
+
+    preds = _predict(config, tmp_path / "p8", ckpt, "--data.max_new_tokens=8")
+    assert [p["index"] for p in preds] == [0, 1, 2]
+    assert [p["label"] for p in preds] == [r["target"].strip() for r in rows]
+    expected = [_greedy_answer(model, tokenizer, r["prompt"], 8) for r in rows]
+    assert [p["prediction"] for p in preds] == expected
+    # The adapter is what answers (the bare backbone writes something else).
+    assert expected != [_greedy_answer(plain, tokenizer, r["prompt"], 8) for r in rows]
+
+    # The default max_new_tokens (64) is kept within data.max_length, prompt included: a
+    # 16-token limit leaves 16 - len(prompt) tokens (one byte each, no BOS).
+    preds = _predict(config, tmp_path / "p16", ckpt, "--data.max_length=16")
+    expected = [_greedy_answer(model, tokenizer, r["prompt"], 16 - len(r["prompt"])) for r in rows]
+    assert [p["prediction"] for p in preds] == expected
+    assert expected != [_greedy_answer(model, tokenizer, r["prompt"], 8) for r in rows]
+
+
+def test_predict_writes_answers_of_a_generate_task_with_escaped_tsv(tmp_path):
+    rows = [{"prompt": f"Say {w}:\t", "completion": f" {w}\tand\nmore"} for w in "abcdefgh"]
+    write(tmp_path / "gen.jsonl", rows)
+    args = {"train_file": str(tmp_path / "gen.jsonl"), "task_type": "causal_lm",
+            "validation_ratio": 0.25, "lm_eval": "generate", "max_new_tokens": 24}  # fmt: skip
+    data = {"task": "custom", "objective": "causal_lm", "max_length": 64, "batch_size": 4,
+            "eval_batch_size": 2, "task_args": args}  # fmt: skip
+    config = _config(tmp_path, data, TINY_LLAMA, LORA)
+    out = tmp_path / "preds"
+    preds = _predict(config, out)  # an untrained adapter (LoRA's B = 0): the backbone answers
+    tokenizer = byte_tokenizer()
+    backbone = BackboneConfig(config=TINY_LLAMA)
+    plain = build_causal_lm(backbone, len(tokenizer), tokenizer.pad_token_id).eval()
+    validation = _validation_rows(args)
+    assert [p["label"] for p in preds] == [r["target"].strip() for r in validation]
+    expected = [_greedy_answer(plain, tokenizer, r["prompt"], 24) for r in validation]
+    assert [p["prediction"] for p in preds] == expected
+    assert any("\n" in p for p in expected)  # the random model writes line breaks
+    # One line per example in the TSV: tabs, line breaks and backslashes escaped.
+    lines = (out / "custom.tsv").read_text(encoding="utf-8").split("\n")
+    assert lines[0] == "index\tprediction" and lines[-1] == "" and len(lines) == len(preds) + 2
+    unescape = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+    for line, pred in zip(lines[1:-1], preds, strict=True):
+        index, cell = line.split("\t")
+        text = re.sub(r"\\[\\tnr]", lambda m: unescape[m.group(0)], cell)
+        assert (int(index), text) == (pred["index"], pred["prediction"])
 
 
 def test_a_dataset_through_load_dataset_with_split_names_and_class_names(tmp_path):

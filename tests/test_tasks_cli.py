@@ -6,8 +6,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
+from ssmlora_app.backbone import BackboneConfig, build_causal_lm
 from ssmlora_app.cli import main
+from ssmlora_app.tasks import get_task
+from ssmlora_app.tasks.datamodule import TaskDataModule
+from ssmlora_app.tasks.lm import IGNORE
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny"
@@ -115,3 +120,99 @@ def test_byte_lm_fit_validate_reports_bits_per_byte(tmp_path):
     # a random model is near 8 bits per byte; a little training on a repetitive text goes below
     assert 0 < metrics["val/bits_per_byte"] < 8.0
     assert metrics["val/bits_per_byte"] == pytest.approx(metrics["val/loss"] / 0.6931472, rel=1e-3)
+
+
+# ssmlora predict on causal-LM tasks: option indices (choice), generated text (teacher forced).
+def predict(tmp_path, config: str, *extra: str) -> Path:
+    """Predict with the config's untrained adapter; returns the predictions folder."""
+    out = tmp_path / "preds"
+    main(
+        [
+            "predict",
+            "--config",
+            str(TINY / config),
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+            f"--predictions.output_dir={out}",
+            *extra,
+        ]
+    )
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_predict_choice_task_writes_the_chosen_option_index(tmp_path):
+    words = ["rain", "sun", "wind", "snow", "fog", "heat"]
+    rows = [
+        {"premise": f"The {w} came.", "choice1": "It" + " was" * (i % 3), "question": "effect",
+         "choice2": "It" + " is" * (2 - i % 3), "label": i % 2, "idx": i}
+        for i, w in enumerate(words)
+    ]  # fmt: skip
+    folder = tmp_path / "data" / "COPA"
+    folder.mkdir(parents=True)
+    for name in ("train.jsonl", "val.jsonl"):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = ["--data.task=copa", f"--data.data_dir={tmp_path / 'data'}", "--data.max_length=64"]
+    preds = read_jsonl(
+        predict(tmp_path, "llama_quality_lora.yaml", *data) / "copa_validation.jsonl"
+    )
+    assert [p["index"] for p in preds] == list(range(6))
+    assert [p["label"] for p in preds] == [r["label"] for r in rows]
+    # The option with the highest log-likelihood under the backbone (LoRA's B = 0 untrained).
+    config = yaml.safe_load((TINY / "llama_quality_lora.yaml").read_text())
+    dm = TaskDataModule(task="copa", data_dir=str(tmp_path / "data"), objective="causal_lm",
+                        max_length=64)  # fmt: skip
+    dm.setup("predict")
+    backbone = BackboneConfig(config=config["model"]["backbone"]["config"])
+    model = build_causal_lm(backbone, len(dm.tokenizer), dm.tokenizer.pad_token_id).eval()
+    expected = []
+    for row in dm.splits["validation"]:
+        scores = []
+        for ids, labels in zip(row["choice_input_ids"], row["choice_labels"], strict=True):
+            with torch.no_grad():
+                logp = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+            scored = [(i, t) for i, t in enumerate(labels[1:]) if t != IGNORE]
+            scores.append(sum(logp[i, t].item() for i, t in scored))
+        expected.append(max(range(len(scores)), key=scores.__getitem__))
+    assert [p["prediction"] for p in preds] == expected
+    assert set(expected) == {0, 1}
+
+
+def test_predict_teacher_forced_task_writes_as_many_tokens_as_the_target(tmp_path):
+    """A word problem: no references and max_new_tokens 0, so each answer is as long as its
+    target (the running products); one file per evaluation split."""
+    args = {"train_length": 6, "eval_lengths": [10], "train_size": 8, "eval_size": 4}
+    out = predict(tmp_path, "llama_quality_lora.yaml", "--data.task=word_problem",
+                  f"--data.task_args={json.dumps(args)}", "--data.max_length=32")  # fmt: skip
+    task = get_task("word_problem", args)
+    tokenizer = task.builtin_tokenizer()
+    config = yaml.safe_load((TINY / "llama_quality_lora.yaml").read_text())
+    backbone = BackboneConfig(config=config["model"]["backbone"]["config"])
+    model = build_causal_lm(backbone, len(tokenizer), tokenizer.pad_token_id).eval()
+    for split in ("validation", "validation_len10"):
+        examples = task.examples(split)
+        preds = read_jsonl(out / f"word_problem_{split}.jsonl")
+        assert [p["label"] for p in preds] == [" ".join(t) for _, t, _ in examples]
+        expected = []  # the backbone's greedy answer (LoRA's B = 0 untrained), target-long
+        for prompt, target, _ in examples:
+            ids = torch.tensor([tokenizer(" ".join(prompt))["input_ids"]])
+            with torch.no_grad():
+                generated = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=len(target),
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            expected.append(
+                tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
+            )
+        assert [p["prediction"] for p in preds] == expected
+        assert [len(p.split()) for p in expected] == [len(t) for _, t, _ in examples]
+        tsv = (
+            out / ("word_problem.tsv" if split == "validation" else f"word_problem_{split}.tsv")
+        ).read_text()
+        assert tsv.splitlines()[1:] == [f"{p['index']}\t{p['prediction']}" for p in preds]

@@ -3,9 +3,16 @@
 For each predicted split: ``<task>_<split>.jsonl`` (one ``{"index", "prediction", "label"}`` object
 per example, ``label`` being the gold label when the split has one) and a TSV in the GLUE
 submission layout (``index<TAB>prediction``, files named as the GLUE server expects: ``SST-2.tsv``,
-``MNLI-m.tsv``, ``MNLI-mm.tsv``, ...). Classes are written as the task's label names (``entailment``)
-or class ids where the task has none (SST-2, CoLA, MRPC, QQP: ``0``/``1``), STS-B as a score; a
-custom task's string labels come back as the original strings (``TaskInfo.label_names``).
+``MNLI-m.tsv``, ``MNLI-mm.tsv``, ...; other tasks' further splits add ``_<split>``). Classes are
+written as the task's label names (``entailment``) or class ids where the task has none (SST-2,
+CoLA, MRPC, QQP: ``0``/``1``), STS-B as a score; a custom task's string labels come back as the
+original strings (``TaskInfo.label_names``).
+
+Causal LM: under ``choice`` the prediction and the label are option indices; otherwise the
+prediction is the model's greedy answer as text and the label the reference answer (the first of
+the task's references, with ``references`` listing them all when there are several; the decoded
+target tokens for tasks without references). In the TSV a text's backslashes, tabs and line breaks
+are written as ``\\\\``, ``\\t``, ``\\n``, ``\\r``, so every example stays on one line.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import get_task
+from ssmlora_app.tasks.lm import generation_prompt
 
 FORMATS = ("jsonl", "tsv")
+TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+"""What a text prediction's special characters become in the TSV (one line per example)."""
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -47,8 +57,37 @@ class PredictionWriter(BasePredictionWriter):
 
     def _tsv_name(self, task, split: str) -> str:
         folder = getattr(task, "folder", task.name)
-        suffix = {"validation_matched": "-m", "validation_mismatched": "-mm"}.get(split, "")
-        return f"{folder}{suffix}.tsv"
+        suffixes = {"validation": "", "validation_matched": "-m", "validation_mismatched": "-mm"}
+        return f"{folder}{suffixes.get(split, f'_{split}')}.tsv"
+
+    def _records(self, task, info, values: list, order: list[int], dataset, tokenizer) -> list:
+        """One ``{"index", "prediction"[, "label"[, "references"]]}`` dict per example, in dataset
+        order. ``values``: the predictions in ``order`` (class ids, scores, option indices or
+        texts); ``dataset``: the split as the data module prepared it (None: no labels)."""
+        rows = sorted(zip(order, values, strict=True), key=lambda pair: pair[0])
+        columns = dataset.column_names if dataset is not None else []
+        if info.objective != "causal_lm":
+            names = info.label_names
+            gold = list(dataset["labels"]) if "labels" in columns else None
+            records = [{"index": i, "prediction": self._label(task, v, names)} for i, v in rows]
+            if gold is not None:
+                for record in records:
+                    record["label"] = self._label(task, gold[record["index"]], names)
+            return records
+        if info.lm_eval == "choice":
+            gold = list(dataset["label"]) if "label" in columns else None
+            records = [{"index": i, "prediction": int(v)} for i, v in rows]
+            if gold is not None:
+                for record in records:
+                    record["label"] = int(gold[record["index"]])
+            return records
+        records = [{"index": i, "prediction": v} for i, v in rows]
+        if "references" in columns:
+            references = list(dataset["references"])
+            for record in records:
+                i = record["index"]
+                record.update(_reference(references[i], lambda i=i: dataset[i], tokenizer))
+        return records
 
     def write_on_epoch_end(
         self,
@@ -58,41 +97,64 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices: list,
     ) -> None:
         info = pl_module.task_info
+        datamodule = getattr(trainer, "datamodule", None)
         # The data module's task carries its task_args (a custom task's files and labels).
-        task = getattr(getattr(trainer, "datamodule", None), "task", None) or get_task(info.task)
-        names = info.label_names
-        if predictions and isinstance(predictions[0], torch.Tensor):  # a single dataloader
+        task = getattr(datamodule, "task", None) or get_task(info.task)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if len(info.eval_splits) == 1:  # Lightning unnests a single dataloader's predictions
             predictions = [predictions]
-        if len(batch_indices) != len(predictions):  # Lightning nests them one level deeper
+        if len(batch_indices) != len(predictions):  # and nests the indices one level deeper
             batch_indices = [batch_indices]
         root = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir))
         if self.output_dir is None:
             root = root / "predictions"
         root.mkdir(parents=True, exist_ok=True)
         rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        datamodule = getattr(trainer, "datamodule", None)
         for split, preds, indices in zip(info.eval_splits, predictions, batch_indices):
-            values = torch.cat([p.flatten().cpu() for p in preds]).tolist()
-            order = _flatten(indices)
-            rows = sorted(zip(order, values))
-            gold = None
             dataset = getattr(datamodule, "splits", {}).get(split)
-            if dataset is not None and "labels" in dataset.column_names:
-                gold = dataset["labels"]
+            records = self._records(
+                task, info, _values(preds), _flatten(indices), dataset, tokenizer
+            )
             if "jsonl" in self.formats:
                 path = root / f"{info.task}_{split}{rank}.jsonl"
-                with path.open("w") as f:
-                    for index, value in rows:
-                        record = {"index": index, "prediction": self._label(task, value, names)}
-                        if gold is not None:
-                            record["label"] = self._label(task, gold[index], names)
+                with path.open("w", encoding="utf-8") as f:
+                    for record in records:
                         f.write(json.dumps(record) + "\n")
             if "tsv" in self.formats:
                 name = self._tsv_name(task, split)
                 path = root / (name.removesuffix(".tsv") + rank + ".tsv")
                 lines = ["index\tprediction"]
-                lines += [f"{index}\t{self._label(task, value, names)}" for index, value in rows]
-                path.write_text("\n".join(lines) + "\n")
+                lines += [f"{r['index']}\t{_tsv_cell(r['prediction'])}" for r in records]
+                path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _values(batches: list) -> list:
+    """One prediction per example, in prediction order: each batch is a tensor (class ids,
+    scores, option indices) or a list of strings (generated answers)."""
+    out: list = []
+    for batch in batches:
+        out += batch.flatten().cpu().tolist() if isinstance(batch, torch.Tensor) else list(batch)
+    return out
+
+
+def _reference(references: list[str], row, tokenizer) -> dict:
+    """The reference answer of a causal-LM example: ``label`` is the first of its
+    ``references``, ``references`` all of them when there are several; without references, the
+    target tokens after the generation prompt (of ``row()``, see :mod:`ssmlora_app.tasks.lm`),
+    decoded."""
+    if len(references) > 1:
+        return {"label": references[0], "references": list(references)}
+    if references:
+        return {"label": references[0]}
+    if tokenizer is None:
+        return {}
+    example = row()
+    target = example["input_ids"][len(generation_prompt(example)) :]
+    return {"label": tokenizer.decode(target, skip_special_tokens=True)}
+
+
+def _tsv_cell(value) -> str:
+    return value.translate(TSV_ESCAPES) if isinstance(value, str) else str(value)
 
 
 def _flatten(nested: list) -> list[int]:

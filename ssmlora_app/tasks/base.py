@@ -32,7 +32,9 @@ class TaskInfo:
     ``generate`` (greedy decoding, then a text metric) or ``teacher_forced`` (arg-max and
     log-likelihood of the target tokens: state tracking, bits per byte)."""
     max_new_tokens: int = 0
-    """Generation length for ``lm_eval: generate`` (also the room kept for the target)."""
+    """Generation length for ``lm_eval: generate`` (also the room kept for the target), and for
+    ``ssmlora predict`` under ``teacher_forced`` (within ``max_length``; 0: as many tokens as the
+    reference has). 0 under ``choice``."""
     label_names: tuple[str, ...] | None = None
     """Class names in class-id order (predictions are written with them; exported adapters and
     merged models keep them); None when the classes are plain ids."""
@@ -92,7 +94,8 @@ class LMTask(Protocol):
     lm_metrics: tuple[str, ...]
     """Metric names under ``causal_lm`` (``metrics`` stays the classification ones)."""
     max_new_tokens: int
-    """Default generation length for ``lm_eval: generate`` (0 otherwise)."""
+    """Default generation length for ``lm_eval: generate``, and for ``ssmlora predict`` under
+    ``teacher_forced`` (0: as many tokens as each target has)."""
     eval_splits: tuple[str, ...]
 
     def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset: ...

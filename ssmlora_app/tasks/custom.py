@@ -222,8 +222,9 @@ class CustomTask:
     """Causal LM evaluation: ``teacher_forced`` (token and sequence accuracy of the completion, and
     its loss) or ``generate`` (greedy answers; ROUGE-L, token F1, exact match)."""
     max_new_tokens: int = 64
-    """Causal LM with ``lm_eval: generate``: tokens generated per answer (longer training
-    completions are cut to it)."""
+    """Causal LM: tokens generated per answer, by evaluation under ``lm_eval: generate`` (longer
+    training completions are cut to it) and by ``ssmlora predict`` in either mode (under
+    ``teacher_forced`` within ``data.max_length``, prompt included; generation stops at EOS)."""
 
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 

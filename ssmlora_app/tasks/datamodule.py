@@ -77,8 +77,10 @@ class TaskDataModule(L.LightningDataModule):
             truncation: Causal LM: how a too-long document is shortened, the same for every
                 method: ``middle`` (keep its beginning and end), ``tail`` (keep its end) or
                 ``head``. The question and the answer options are never cut.
-            max_new_tokens: Causal LM with generation: tokens generated per answer (and room kept
-                for the training target); null: the task's default.
+            max_new_tokens: Causal LM: tokens generated per answer, under ``generate`` by
+                evaluation (and room kept for the training target) and under ``teacher_forced``
+                by ``ssmlora predict`` (within ``max_length``; 0: as many as the reference
+                has); null: the task's default.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -126,7 +128,7 @@ class TaskDataModule(L.LightningDataModule):
             pad_token_id=self.tokenizer.pad_token_id,
             objective=self.objective,
             lm_eval=lm_eval,
-            max_new_tokens=max_new_tokens if is_lm and lm_eval == "generate" else 0,
+            max_new_tokens=max_new_tokens if is_lm and lm_eval != "choice" else 0,
             label_names=None if is_lm else getattr(self.task, "label_names", None),
             max_length=max_length,
             grouped=getattr(self.task, "grouped", False),
@@ -136,8 +138,10 @@ class TaskDataModule(L.LightningDataModule):
             pad = self.tokenizer.pad_token_id
             self.collator = CausalLMCollator(pad, lm_eval, train=True)
             self.eval_collator = CausalLMCollator(pad, lm_eval, train=False)
+            self.predict_collator = CausalLMCollator(pad, lm_eval, train=False, predict=True)
         else:
             self.collator = self.eval_collator = DataCollatorWithPadding(self.tokenizer)
+            self.predict_collator = self.eval_collator
         self.splits: dict[str, datasets.Dataset] = {}
 
     def eval_split_names(self, stage: str) -> list[str]:
@@ -218,7 +222,7 @@ class TaskDataModule(L.LightningDataModule):
         labels = ds["label" if self.objective == "causal_lm" else "labels"]
         return Counter(labels).most_common(1)[0][1] / len(labels)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, collate_fn=None) -> DataLoader:
         hp = self.hparams
         trainer = self.trainer  # None outside a Trainer (tests, notebooks)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
@@ -234,7 +238,7 @@ class TaskDataModule(L.LightningDataModule):
             self.splits[split],
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=self.collator if shuffle else self.eval_collator,
+            collate_fn=collate_fn or (self.collator if shuffle else self.eval_collator),
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
@@ -264,4 +268,9 @@ class TaskDataModule(L.LightningDataModule):
         return self._eval_loaders("test")
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders()
+        """The evaluation splits, with the generation inputs for causal LM (see
+        :class:`~.lm.CausalLMCollator`)."""
+        return [
+            self._loader(s, shuffle=False, collate_fn=self.predict_collator)
+            for s in self.eval_split_names("predict")
+        ]

@@ -101,6 +101,13 @@ def encode_lm_example(row: dict, tokenizer: PreTrainedTokenizerBase, fmt: LMForm
     return out
 
 
+def generation_prompt(row: dict) -> list[int]:
+    """The tokens a prediction is generated from (a row of :func:`encode_lm_example`): the context
+    (``prompt_ids``), or the first token when there is none (a byte-LM window, whose first byte is
+    never predicted)."""
+    return list(row["prompt_ids"]) or list(row["input_ids"][:1])
+
+
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0)
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
@@ -112,13 +119,18 @@ class CausalLMCollator:
 
     Training batches hold ``input_ids``, ``attention_mask``, ``labels``. Evaluation batches add,
     by ``lm_eval``: ``choice_*`` (B·K rows, K options per example) and ``choice_label`` (B,);
-    ``prompt_ids`` + ``prompt_lengths`` and ``references`` (lists of strings) for generation; and
-    a grouped task's ``group`` ids (B,).
+    ``prompt_ids`` (B, P) + ``prompt_lengths`` (B,) and ``references`` (lists of strings) for
+    generation; and a grouped task's ``group`` ids (B,). Prediction batches under
+    ``teacher_forced`` add the generation inputs too (``prompt_ids``/``prompt_lengths`` from
+    :func:`generation_prompt`, ``target_lengths`` (B,): the tokens after that prompt), so
+    ``ssmlora predict`` writes generated text in every mode.
     """
 
     pad_token_id: int
     lm_eval: str = "choice"
     train: bool = True
+    predict: bool = False
+    """Batches for ``predict``: also the generation inputs under ``teacher_forced``."""
 
     def __call__(self, rows: list[dict]) -> dict:
         batch = {
@@ -146,6 +158,11 @@ class CausalLMCollator:
             batch["prompt_ids"] = _pad([r["prompt_ids"] for r in rows], self.pad_token_id)
             batch["prompt_lengths"] = torch.tensor([len(r["prompt_ids"]) for r in rows])
             batch["references"] = [list(r["references"]) for r in rows]
+        elif self.predict:  # teacher_forced: generate from the prompt, as generate mode does
+            prompts = [generation_prompt(r) for r in rows]
+            batch["prompt_ids"] = _pad(prompts, self.pad_token_id)
+            batch["prompt_lengths"] = torch.tensor([len(p) for p in prompts])
+            batch["target_lengths"] = lengths - batch["prompt_lengths"]
         if GROUP_COLUMN in rows[0]:
             batch[GROUP_COLUMN] = torch.tensor([r[GROUP_COLUMN] for r in rows])
         return batch
