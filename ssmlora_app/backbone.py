@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -13,6 +14,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils.import_utils import is_mambapy_available
@@ -67,15 +69,17 @@ def _build(
     defaults: dict | None = None,
     overrides: dict | None = None,
     wrap=None,
+    tokenizer_fields: dict[str, int | None] | None = None,
 ):
     """``auto_cls`` (an ``AutoModel*`` class) from the config dict (random weights, seeded with
     ``backbone.init_seed``) or from the hub / a folder; ``wrap`` (if given) is applied to it.
 
     Config values: ``defaults`` < the config dict (or the checkpoint's config) < ``overrides``.
-    A ``config`` backbone takes ``vocab_size``/``pad_token_id`` from the tokenizer unless its dict
-    sets them.
+    A ``config`` backbone takes ``vocab_size``/``pad_token_id`` and ``tokenizer_fields`` (config
+    field -> the tokenizer's value, None included) from the tokenizer unless its dict sets them.
     """
     defaults, overrides = defaults or {}, overrides or {}
+    tokenizer_fields = tokenizer_fields or {}
     wrap = wrap or (lambda model: model)
     if backbone.config is not None:
         fields = dict(backbone.config)
@@ -89,6 +93,8 @@ def _build(
                 )
         if pad_token_id is not None:
             fields.setdefault("pad_token_id", pad_token_id)
+        for name, value in tokenizer_fields.items():
+            fields.setdefault(name, value)
         config = AutoConfig.for_model(model_type, **{**defaults, **fields, **overrides})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(backbone.init_seed)
@@ -196,8 +202,54 @@ class SSMForSequenceClassification(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
+GENERATION_TOKENS = ("bos_token_id", "eos_token_id")
+"""The special tokens ``generate`` reads from the model (its ``generation_config``): a causal LM
+built from a config takes them from the tokenizer (see :func:`build_causal_lm`)."""
+
+
+def generation_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
+    """The tokenizer's BOS and EOS ids (None where it has none), for :func:`build_causal_lm`."""
+    return {name: getattr(tokenizer, name) for name in GENERATION_TOKENS}
+
+
 def build_causal_lm(
-    backbone: BackboneConfig, vocab_size: int | None = None, pad_token_id: int | None = None
+    backbone: BackboneConfig,
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+    special_tokens: dict[str, int | None] | None = None,
 ) -> PreTrainedModel:
-    """A ``*ForCausalLM`` model (its own LM head, frozen like the rest of the backbone)."""
-    return _build(AutoModelForCausalLM, backbone, vocab_size, pad_token_id)
+    """A ``*ForCausalLM`` model (its own LM head, frozen like the rest of the backbone).
+
+    ``special_tokens``: the tokenizer's ``bos_token_id``/``eos_token_id`` (see
+    :func:`generation_tokens`; None values: the tokenizer has no such token). A ``config``
+    backbone takes them into its config and ``generation_config`` (unless its dict sets them), so
+    ``generate`` stops at the tokenizer's EOS, not at the model type's default id (Llama: 2, Mamba:
+    0), and never early when the tokenizer has no EOS (byte LM). A pretrained backbone keeps its
+    own, with a warning when the tokenizer's EOS is not among them. None: the model's own.
+    """
+    special_tokens = special_tokens or {}
+    model = _build(
+        AutoModelForCausalLM, backbone, vocab_size, pad_token_id, tokenizer_fields=special_tokens
+    )
+    if backbone.config is not None:  # generate reads generation_config: keep it in step
+        for name in GENERATION_TOKENS:
+            setattr(model.generation_config, name, getattr(model.config, name, None))
+    if special_tokens.get("eos_token_id") is not None:
+        _warn_on_other_eos(model, special_tokens["eos_token_id"], backbone)
+    return model
+
+
+def _warn_on_other_eos(model: PreTrainedModel, eos_token_id: int, backbone: BackboneConfig) -> None:
+    """One warning when generation would not stop at the tokenizer's EOS."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if eos_token_id in ids:
+        return
+    if backbone.config is not None:
+        source, fix = "model.backbone.config", "remove its eos_token_id to use the tokenizer's"
+    else:
+        source, fix = backbone.name_or_path, "check that model.backbone.tokenizer is its tokenizer"
+    rank_zero_warn(
+        f"The tokenizer's EOS id {eos_token_id} is not among the EOS ids {ids} of {source}: "
+        f"generation stops at the backbone's, not the tokenizer's; {fix}."
+    )

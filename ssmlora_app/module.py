@@ -22,7 +22,12 @@ from ssmlora_app.adapters import (
     load_adapter,
     read_adapter_config,
 )
-from ssmlora_app.backbone import BackboneConfig, build_causal_lm, build_classifier
+from ssmlora_app.backbone import (
+    GENERATION_TOKENS,
+    BackboneConfig,
+    build_causal_lm,
+    build_classifier,
+)
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.optim import LinearWarmupDecay, param_groups
 from ssmlora_app.tasks import TaskInfo
@@ -83,7 +88,12 @@ class AdapterModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         if self.is_causal_lm:
-            self.model = build_causal_lm(backbone, task_info.vocab_size, task_info.pad_token_id)
+            self.model = build_causal_lm(
+                backbone,
+                task_info.vocab_size,
+                task_info.pad_token_id,
+                special_tokens={name: getattr(task_info, name) for name in GENERATION_TOKENS},
+            )
         else:
             self.model = build_classifier(
                 backbone,
@@ -116,7 +126,14 @@ class AdapterModule(L.LightningModule):
         )
 
     def _check_positions(self) -> None:
-        """Refuse, before training, inputs longer than the backbone's position embeddings."""
+        """Refuse, before training, inputs longer than the backbone's position embeddings.
+
+        ``data.max_length`` bounds every sequence the model sees, generated tokens included: under
+        ``generate`` the data keeps ``max_new_tokens`` of it for the answer (the document is cut so
+        the prompt fits in ``max_length - max_new_tokens``, see
+        :func:`~ssmlora_app.tasks.lm.encode_lm_example`), and :meth:`generate_ids` stops every
+        continuation at ``max_length`` with its prompt (``predict`` under ``teacher_forced``).
+        """
         config, info = self.model.config, self.task_info
         positions = getattr(config, "max_position_embeddings", None)
         if not isinstance(positions, int) or info.max_length is None:
@@ -125,15 +142,16 @@ class AdapterModule(L.LightningModule):
             positions -= (
                 config.pad_token_id or 0
             ) + 1  # RoBERTa's positions start after the pad id
-        # Teacher-forced predictions generate within max_length (see predict_new_tokens).
-        new_tokens = info.max_new_tokens if info.lm_eval == "generate" else 0
-        longest = info.max_length + new_tokens
-        if longest > positions and config.model_type not in ROTARY_MODEL_TYPES:
+        if info.max_length > positions and config.model_type not in ROTARY_MODEL_TYPES:
+            generated = (
+                f", the data.max_new_tokens={info.max_new_tokens} generated tokens included"
+                if self.is_causal_lm and info.lm_eval == "generate"
+                else ""
+            )
             raise SsmloraError(
-                f"data.max_length={info.max_length}"
-                + (f" + max_new_tokens={new_tokens}" if new_tokens else "")
-                + f" exceeds the {positions} positions of the {config.model_type} backbone: lower "
-                "data.max_length (inputs are truncated to it) or use a longer-context backbone."
+                f"data.max_length={info.max_length} exceeds the {positions} positions of the "
+                f"{config.model_type} backbone: lower data.max_length (inputs are truncated to "
+                f"it{generated}) or use a longer-context backbone."
             )
 
     @property
@@ -249,11 +267,20 @@ class AdapterModule(L.LightningModule):
     ) -> list[torch.Tensor]:
         """Greedy continuations (KV cache) of each prompt (``prompt_ids`` (B, P) up to
         ``prompt_lengths`` (B,)), one prompt at a time: no padding reaches the model, so sequence
-        adapters (HRM) read only real tokens. Each continuation (1-D) stops at EOS or after
-        ``max_new_tokens`` (one per prompt; default ``task_info.max_new_tokens`` for all)."""
+        adapters (HRM) read only real tokens. Each continuation (1-D) stops at EOS (the
+        tokenizer's, see :func:`~ssmlora_app.backbone.build_causal_lm`), after ``max_new_tokens``
+        (one per prompt; default ``task_info.max_new_tokens`` for all), or where it would make the
+        sequence longer than ``data.max_length``, the longest checked against the backbone's
+        positions (a ``generate`` task's prompts leave ``max_new_tokens`` of room)."""
+        info = self.task_info
         lengths = batch["prompt_lengths"].tolist()
         if max_new_tokens is None:
-            max_new_tokens = [self.task_info.max_new_tokens] * len(lengths)
+            max_new_tokens = [info.max_new_tokens] * len(lengths)
+        if info.max_length is not None:
+            max_new_tokens = [
+                min(new, info.max_length - length)
+                for new, length in zip(max_new_tokens, lengths, strict=True)
+            ]
         outputs = []
         for row, length, new in zip(batch["prompt_ids"], lengths, max_new_tokens, strict=True):
             if new <= 0:
@@ -267,7 +294,7 @@ class AdapterModule(L.LightningModule):
                     max_new_tokens=new,
                     do_sample=False,
                     use_cache=True,
-                    pad_token_id=self.task_info.pad_token_id,
+                    pad_token_id=info.pad_token_id,
                 )
             outputs.append(out[0, length:])
         return outputs
@@ -283,18 +310,13 @@ class AdapterModule(L.LightningModule):
     def predict_new_tokens(self, batch: dict) -> list[int] | None:
         """Tokens generated per example by ``predict``: under ``generate``, ``max_new_tokens`` (the
         data kept that room); under ``teacher_forced``, ``max_new_tokens`` or, when 0, the
-        reference's length (``target_lengths``), either way within ``data.max_length`` with the
-        prompt, the longest sequence the model was checked for."""
-        info = self.task_info
-        if info.lm_eval == "generate":
+        reference's length (``target_lengths``); either way :meth:`generate_ids` stops within
+        ``data.max_length`` with the prompt, the longest sequence the model was checked for."""
+        if self.task_info.lm_eval == "generate":
             return None
-        lengths = batch["prompt_lengths"].tolist()
-        wanted = batch["target_lengths"].tolist()
-        if info.max_new_tokens > 0:
-            wanted = [info.max_new_tokens] * len(lengths)
-        if info.max_length is None:
-            return wanted
-        return [min(w, info.max_length - p) for w, p in zip(wanted, lengths, strict=True)]
+        if self.task_info.max_new_tokens > 0:
+            return [self.task_info.max_new_tokens] * len(batch["prompt_lengths"])
+        return batch["target_lengths"].tolist()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, dataloader_idx, "val", self.val_metrics)

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from ssmlora_app.adapters import load_adapter
-from ssmlora_app.backbone import BackboneConfig, build_causal_lm
+from ssmlora_app.backbone import BackboneConfig, build_causal_lm, generation_tokens
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import get_task
@@ -356,9 +356,13 @@ def test_predict_writes_the_greedy_completion_of_a_teacher_forced_sft_run(tmp_pa
     # The trained model, rebuilt by hand: the seeded config backbone + the exported adapter.
     tokenizer = byte_tokenizer()
     backbone = BackboneConfig(config=TINY_LLAMA)
-    model = build_causal_lm(backbone, len(tokenizer), tokenizer.pad_token_id)
+    model = build_causal_lm(
+        backbone, len(tokenizer), tokenizer.pad_token_id, generation_tokens(tokenizer)
+    )
     model = load_adapter(model, run / "adapter").eval()
-    plain = build_causal_lm(backbone, len(tokenizer), tokenizer.pad_token_id).eval()
+    plain = build_causal_lm(
+        backbone, len(tokenizer), tokenizer.pad_token_id, generation_tokens(tokenizer)
+    ).eval()
     rows = _validation_rows(args)
     assert len(rows) == 3
 
@@ -390,7 +394,9 @@ def test_predict_writes_answers_of_a_generate_task_with_escaped_tsv(tmp_path):
     preds = _predict(config, out)  # an untrained adapter (LoRA's B = 0): the backbone answers
     tokenizer = byte_tokenizer()
     backbone = BackboneConfig(config=TINY_LLAMA)
-    plain = build_causal_lm(backbone, len(tokenizer), tokenizer.pad_token_id).eval()
+    plain = build_causal_lm(
+        backbone, len(tokenizer), tokenizer.pad_token_id, generation_tokens(tokenizer)
+    ).eval()
     validation = _validation_rows(args)
     assert [p["label"] for p in preds] == [r["target"].strip() for r in validation]
     expected = [_greedy_answer(plain, tokenizer, r["prompt"], 24) for r in validation]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from ssmlora_app.backbone import BackboneConfig, build_causal_lm
+from ssmlora_app.backbone import BackboneConfig, build_causal_lm, generation_tokens
 from ssmlora_app.cli import main
 from ssmlora_app.tasks import get_task
 from ssmlora_app.tasks.datamodule import TaskDataModule
@@ -167,7 +167,9 @@ def test_predict_choice_task_writes_the_chosen_option_index(tmp_path):
                         max_length=64)  # fmt: skip
     dm.setup("predict")
     backbone = BackboneConfig(config=config["model"]["backbone"]["config"])
-    model = build_causal_lm(backbone, len(dm.tokenizer), dm.tokenizer.pad_token_id).eval()
+    model = build_causal_lm(
+        backbone, len(dm.tokenizer), dm.tokenizer.pad_token_id, generation_tokens(dm.tokenizer)
+    ).eval()
     expected = []
     for row in dm.splits["validation"]:
         scores = []
@@ -191,7 +193,9 @@ def test_predict_teacher_forced_task_writes_as_many_tokens_as_the_target(tmp_pat
     tokenizer = task.builtin_tokenizer()
     config = yaml.safe_load((TINY / "llama_quality_lora.yaml").read_text())
     backbone = BackboneConfig(config=config["model"]["backbone"]["config"])
-    model = build_causal_lm(backbone, len(tokenizer), tokenizer.pad_token_id).eval()
+    model = build_causal_lm(
+        backbone, len(tokenizer), tokenizer.pad_token_id, generation_tokens(tokenizer)
+    ).eval()
     for split in ("validation", "validation_len10"):
         examples = task.examples(split)
         preds = read_jsonl(out / f"word_problem_{split}.jsonl")

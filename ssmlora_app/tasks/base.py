@@ -24,6 +24,11 @@ class TaskInfo:
     """Names of the evaluation splits, one dataloader each (MNLI: matched and mismatched)."""
     vocab_size: int | None = None
     pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    """The tokenizer's BOS id (None: it has none); a causal LM built from a config takes it."""
+    eos_token_id: int | None = None
+    """The tokenizer's EOS id (None: it has none), where generation stops; a causal LM built from a
+    config takes it (a pretrained one keeps its own, with a warning when they differ)."""
     objective: str = "classification"
     """``classification`` (a sequence-classification head) or ``causal_lm`` (the LM head, loss on
     the target tokens only)."""

@@ -126,6 +126,8 @@ class TaskDataModule(L.LightningDataModule):
             eval_splits=self.task.eval_splits,
             vocab_size=len(self.tokenizer),
             pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
             objective=self.objective,
             lm_eval=lm_eval,
             max_new_tokens=max_new_tokens if is_lm and lm_eval != "choice" else 0,
