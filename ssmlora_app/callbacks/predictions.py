@@ -8,6 +8,12 @@ written as the task's label names (``entailment``) or class ids where the task h
 CoLA, MRPC, QQP: ``0``/``1``), STS-B as a score; a custom task's string labels come back as the
 original strings (``TaskInfo.label_names``).
 
+GLUE's unlabelled test splits (``data.predict_splits: test``) give the benchmark submission: the
+TSVs ``CoLA.tsv``, ``SST-2.tsv``, ..., ``MNLI-m.tsv``, ``MNLI-mm.tsv`` and ``AX.tsv`` (the
+diagnostic set, MNLI model), whose ``index`` is each row's own index in the test file (the hub's
+``idx``), which the GLUE server matches on; rows are in that index's order, and the jsonl records
+(``<task>_test.jsonl``, ``mnli_test_matched.jsonl``, ...) have no ``label``.
+
 Causal LM: under ``choice`` the prediction and the label are option indices; otherwise the
 prediction is the model's greedy answer as text and the label the reference answer (the first of
 the task's references, with ``references`` listing them all when there are several; the decoded
@@ -26,6 +32,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import get_task
+from ssmlora_app.tasks.base import INDEX_COLUMN
+from ssmlora_app.tasks.glue import AX_SPLIT
 from ssmlora_app.tasks.lm import generation_prompt
 
 FORMATS = ("jsonl", "tsv")
@@ -34,7 +42,8 @@ TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes the predictions of ``ssmlora predict`` (the task's evaluation splits) to files."""
+    """Writes the predictions of ``ssmlora predict`` (the data module's ``predict_split_names``:
+    the evaluation splits, or the test splits under ``data.predict_splits: test``) to files."""
 
     def __init__(self, output_dir: str | None = None, formats: list[str] | None = None):
         """
@@ -56,16 +65,31 @@ class PredictionWriter(BasePredictionWriter):
         return names[int(value)] if names else int(value)
 
     def _tsv_name(self, task, split: str) -> str:
+        """GLUE's submission names (``SST-2.tsv``, ``MNLI-m.tsv``, ``AX.tsv``) for the dev and
+        the unlabelled test splits; ``<folder>_<split>.tsv`` for a task's other splits."""
+        if split == AX_SPLIT:
+            return "AX.tsv"
         folder = getattr(task, "folder", task.name)
         suffixes = {"validation": "", "validation_matched": "-m", "validation_mismatched": "-mm"}
+        if hasattr(task, "submission_splits"):  # GLUE: the test splits are the submission
+            suffixes |= {"test": "", "test_matched": "-m", "test_mismatched": "-mm"}
         return f"{folder}{suffixes.get(split, f'_{split}')}.tsv"
 
     def _records(self, task, info, values: list, order: list[int], dataset, tokenizer) -> list:
         """One ``{"index", "prediction"[, "label"[, "references"]]}`` dict per example, in dataset
         order. ``values``: the predictions in ``order`` (class ids, scores, option indices or
-        texts); ``dataset``: the split as the data module prepared it (None: no labels)."""
+        texts); ``dataset``: the split as the data module prepared it (None: no labels). An
+        unlabelled split (:data:`INDEX_COLUMN`) is indexed by that column, sorted, without
+        labels."""
         rows = sorted(zip(order, values, strict=True), key=lambda pair: pair[0])
         columns = dataset.column_names if dataset is not None else []
+        if INDEX_COLUMN in columns:
+            ids = dataset[INDEX_COLUMN]
+            records = [
+                {"index": int(ids[i]), "prediction": self._label(task, v, info.label_names)}
+                for i, v in rows
+            ]
+            return sorted(records, key=lambda record: record["index"])
         if info.objective != "causal_lm":
             names = info.label_names
             gold = list(dataset["labels"]) if "labels" in columns else None
@@ -101,7 +125,9 @@ class PredictionWriter(BasePredictionWriter):
         # The data module's task carries its task_args (a custom task's files and labels).
         task = getattr(datamodule, "task", None) or get_task(info.task)
         tokenizer = getattr(datamodule, "tokenizer", None)
-        if len(info.eval_splits) == 1:  # Lightning unnests a single dataloader's predictions
+        names = getattr(datamodule, "predict_split_names", None)
+        splits = names() if names is not None else list(info.eval_splits)
+        if len(splits) == 1:  # Lightning unnests a single dataloader's predictions
             predictions = [predictions]
         if len(batch_indices) != len(predictions):  # and nests the indices one level deeper
             batch_indices = [batch_indices]
@@ -110,7 +136,7 @@ class PredictionWriter(BasePredictionWriter):
             root = root / "predictions"
         root.mkdir(parents=True, exist_ok=True)
         rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        for split, preds, indices in zip(info.eval_splits, predictions, batch_indices):
+        for split, preds, indices in zip(splits, predictions, batch_indices):
             dataset = getattr(datamodule, "splits", {}).get(split)
             records = self._records(
                 task, info, _values(preds), _flatten(indices), dataset, tokenizer

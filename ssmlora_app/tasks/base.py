@@ -57,6 +57,10 @@ class Task(Protocol):
     ``load_split`` returns a dataset with columns ``text_a`` (str), ``text_b`` (str or None) and
     ``label`` (int class id, or float for regression); a task with ``grouped = True`` (optional,
     default False) adds ``group`` (int, see :data:`GROUP_COLUMN`).
+
+    A task whose test splits have no labels (GLUE) may offer ``submission_splits(data_dir)``:
+    the names of those splits, which ``data.predict_splits: test`` predicts; ``load_split`` gives
+    them with the label :data:`UNLABELLED` and each row's own index under :data:`INDEX_COLUMN`.
     """
 
     name: str
@@ -113,3 +117,12 @@ GROUP_COLUMN = "group"
 """Column (and evaluation batch key, a (B,) tensor) of a grouped task's group ids: examples with
 the same id are scored together by ``exact_match`` (MultiRC: the answer options of one question).
 The model never sees it."""
+
+INDEX_COLUMN = "idx"
+"""Column of an unlabelled test split (GLUE's): each example's own index in its file (the GLUE
+server matches submissions on it), written as the prediction's ``index``. The model never sees
+it."""
+
+UNLABELLED = -1
+"""The placeholder label of an unlabelled test split's examples (as on the hub; -1.0 for
+regression). Only ``predict`` serves those splits, without their labels; no metric reads it."""

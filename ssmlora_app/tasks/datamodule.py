@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import partial
+from typing import Literal
 
 import datasets
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TaskInfo, get_task
-from ssmlora_app.tasks.base import GROUP_COLUMN, LM_COLUMNS
+from ssmlora_app.tasks.base import GROUP_COLUMN, INDEX_COLUMN, LM_COLUMNS
 from ssmlora_app.tasks.lm import TRUNCATION_POLICIES, CausalLMCollator, LMFormat, encode_lm_example
 from ssmlora_app.tasks.samplers import EpochShuffleSampler, ResumableDataLoader, ShardSampler
 from ssmlora_app.tokenization import load_tokenizer
@@ -24,12 +26,27 @@ def _tokenize(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) 
     return tokenizer(batch["text_a"], pair, truncation=True, max_length=max_length)
 
 
+class _WithoutColumns:
+    """A collator fed the examples without ``columns`` (a class, so worker processes can pickle
+    it): an unlabelled test split's placeholder labels and file indices stay out of the batch."""
+
+    def __init__(self, collator, columns: tuple[str, ...]):
+        self.collator, self.columns = collator, columns
+
+    def __call__(self, features: list[dict]) -> dict:
+        return self.collator(
+            [{k: v for k, v in f.items() if k not in self.columns} for f in features]
+        )
+
+
 class TaskDataModule(L.LightningDataModule):
     """Serves one task: ``train`` for fit, the task's evaluation splits for validate/test/predict.
 
     GLUE test labels are hidden, so ``test`` evaluates the evaluation (dev) splits, as the GLUE
     papers report them. Tasks with a held-out test split (``test_split``: long-context, state
     tracking, byte LM) evaluate it under ``test`` and select checkpoints on ``validation``.
+    ``predict_splits: test`` makes ``predict`` run on the test splits instead: GLUE's unlabelled
+    ones (a benchmark submission, see :mod:`ssmlora_app.callbacks.predictions`) or the held-out ones.
     """
 
     def __init__(
@@ -49,6 +66,7 @@ class TaskDataModule(L.LightningDataModule):
         objective: str | None = None,
         truncation: str = "middle",
         max_new_tokens: int | None = None,
+        predict_splits: Literal["eval", "test"] = "eval",
     ):
         """
         Args:
@@ -81,11 +99,28 @@ class TaskDataModule(L.LightningDataModule):
                 evaluation (and room kept for the training target) and under ``teacher_forced``
                 by ``ssmlora predict`` (within ``max_length``; 0: as many as the reference
                 has); null: the task's default.
+            predict_splits: What ``ssmlora predict`` runs on: ``eval``, the evaluation (dev)
+                splits; or ``test``, the test splits: GLUE's unlabelled ones (``test.tsv``; MNLI
+                ``test_matched.tsv``, ``test_mismatched.tsv`` and the diagnostic AX when found),
+                written as the GLUE server's submission files, or the held-out test split of a
+                task that has one (long-context, state tracking, byte LM, custom with a test file).
         """
         super().__init__()
         self.save_hyperparameters()
         self.task = get_task(task, task_args)
         self.task.check_data_dir(data_dir)
+        if predict_splits not in ("eval", "test"):
+            raise SsmloraError(f"data.predict_splits={predict_splits!r}: use eval or test.")
+        if predict_splits == "test" and not (
+            hasattr(self.task, "submission_splits") or getattr(self.task, "test_split", False)
+        ):
+            raise SsmloraError(
+                f"data.predict_splits=test: task {task!r} has no test split that predict can "
+                "serve (GLUE tasks and tasks with a held-out test split have one; a custom task "
+                "needs data.task_args.test_file or test_split_name). Use data.predict_splits: "
+                "eval to predict the evaluation splits."
+            )
+        self._predict_splits: list[str] | None = None
         if max_length <= 0 or batch_size <= 0:
             raise SsmloraError("data.max_length and data.batch_size must be positive.")
         supported = getattr(self.task, "objectives", ("classification",))
@@ -154,8 +189,22 @@ class TaskDataModule(L.LightningDataModule):
             return [s.replace("validation", "test") for s in splits]
         return splits
 
+    def predict_split_names(self) -> list[str]:
+        """The splits ``predict`` runs on, one dataloader each: the evaluation splits, or under
+        ``predict_splits: test`` the task's unlabelled test splits (GLUE, ``submission_splits``:
+        their files are checked here, naming any that is missing) or its held-out ones."""
+        if self.hparams.predict_splits == "eval":
+            return self.eval_split_names("predict")
+        if self._predict_splits is None:  # decided once: the writer names the same splits
+            submission = getattr(self.task, "submission_splits", None)
+            if submission is not None:
+                self._predict_splits = list(submission(self.hparams.data_dir))
+            else:
+                self._predict_splits = self.eval_split_names("test")
+        return list(self._predict_splits)
+
     def setup(self, stage: str) -> None:
-        needed = self.eval_split_names(stage)
+        needed = self.predict_split_names() if stage == "predict" else self.eval_split_names(stage)
         if stage == "fit":
             needed.insert(0, "train")
         for split in needed:
@@ -172,6 +221,12 @@ class TaskDataModule(L.LightningDataModule):
         )
         limit = hp.max_train_samples if split == "train" else hp.max_eval_samples
         if limit is not None and limit < len(ds):
+            if INDEX_COLUMN in ds.column_names and limit > 0:
+                rank_zero_warn(
+                    f"data.max_eval_samples={limit}: the {self.task.name} {split} predictions "
+                    f"cover {limit} of its {len(ds)} examples; a benchmark submission needs them "
+                    "all (leave data.max_eval_samples unset)."
+                )
             ds = ds.shuffle(seed=hp.sample_seed).select(range(limit))
         if len(ds) == 0:
             raise SsmloraError(
@@ -270,9 +325,12 @@ class TaskDataModule(L.LightningDataModule):
         return self._eval_loaders("test")
 
     def predict_dataloader(self) -> list[DataLoader]:
-        """The evaluation splits, with the generation inputs for causal LM (see
-        :class:`~.lm.CausalLMCollator`)."""
-        return [
-            self._loader(s, shuffle=False, collate_fn=self.predict_collator)
-            for s in self.eval_split_names("predict")
-        ]
+        """The splits of :meth:`predict_split_names`, with the generation inputs for causal LM
+        (see :class:`~.lm.CausalLMCollator`); an unlabelled split's batches carry no labels."""
+        loaders = []
+        for split in self.predict_split_names():
+            collate_fn = self.predict_collator
+            if INDEX_COLUMN in self.splits[split].column_names:
+                collate_fn = _WithoutColumns(collate_fn, ("labels", INDEX_COLUMN))
+            loaders.append(self._loader(split, shuffle=False, collate_fn=collate_fn))
+        return loaders

@@ -2,6 +2,14 @@
 
 Field names follow HF ``run_glue.py``. Local TSVs are read with quoting off: SST-2 and MRPC text
 contains ``"`` characters, which a quote-aware reader silently merges or drops.
+
+The test splits (``test``; MNLI ``test_matched``/``test_mismatched`` and the diagnostic set AX as
+``test_ax``) have no labels: the GLUE server scores predictions for them, matched on each row's
+``index`` (the hub's ``idx``). Their files have a header with an index column and the text
+columns, and no label (CoLA's test file has a header though its train/dev files have none; MRPC's
+is built without the ``Quality`` column). They load with the placeholder label
+:data:`~.base.UNLABELLED` and the row's index under :data:`~.base.INDEX_COLUMN`; only
+``ssmlora predict`` with ``data.predict_splits: test`` serves them, and never to a metric.
 """
 
 from __future__ import annotations
@@ -11,10 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tasks.base import INDEX_COLUMN, UNLABELLED
 
 HUB_ID = "nyu-mll/glue"
+
+AX_SPLIT = "test_ax"
+"""The diagnostic set AX: unlabelled NLI pairs predicted by the MNLI model (``AX.tsv``)."""
+
+AX_FILES = ("AX.tsv", "diagnostic/diagnostic.tsv")
+"""Where AX is looked for, in the MNLI folder and in the GLUE root: HF's ``AX.tsv``, or the
+``diagnostic/diagnostic.tsv`` of GLUE's ``download_glue_data.py``."""
+
+TEST_INDEX_COLUMNS = ("index", "id")
+"""The column of a test TSV that numbers its rows (``index``; QQP's is ``id``)."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +60,64 @@ class GlueTask:
     def is_regression(self) -> bool:
         return self.num_labels == 1
 
+    @property
+    def test_splits(self) -> tuple[str, ...]:
+        """The unlabelled test splits, one per evaluation split (``test``; MNLI
+        ``test_matched``, ``test_mismatched``); MNLI's AX (:data:`AX_SPLIT`) comes on top when
+        found (see :meth:`submission_splits`)."""
+        return tuple(s.replace("validation", "test") for s in self.eval_splits)
+
     def local_files(self) -> dict[str, str]:
-        """Split name -> file name in the task folder."""
+        """Split name -> file name in the task folder (train and evaluation splits)."""
         files = {"train": "train.tsv"}
         for split in self.eval_splits:
             files[split] = split.replace("validation", "dev") + ".tsv"
         return files
+
+    def test_files(self, data_dir: str) -> dict[str, Path]:
+        """Test split -> its file (``test.tsv``; MNLI ``test_matched.tsv``,
+        ``test_mismatched.tsv``), present or not."""
+        folder = self.task_dir(data_dir)
+        return {split: folder / f"{split}.tsv" for split in self.test_splits}
+
+    def ax_file(self, data_dir: str) -> Path | None:
+        """MNLI: the diagnostic set's file (see :data:`AX_FILES`), or None when absent."""
+        if self.name != "mnli":
+            return None
+        folder = self.task_dir(data_dir)
+        root = Path(data_dir) if folder != Path(data_dir) else folder.parent  # GLUE root
+        for base in dict.fromkeys((folder, root)):
+            for name in AX_FILES:
+                if (base / name).is_file():
+                    return base / name
+        return None
+
+    def submission_splits(self, data_dir: str | None) -> tuple[str, ...]:
+        """The unlabelled splits that ``data.predict_splits: test`` predicts: :attr:`test_splits`,
+        and for MNLI the diagnostic set AX (from the hub always, locally when its file is found).
+
+        Raises :class:`SsmloraError` naming every missing test file when ``data_dir`` lacks one.
+        """
+        if data_dir is None:
+            return self.test_splits + ((AX_SPLIT,) if self.name == "mnli" else ())
+        missing = [path for path in self.test_files(data_dir).values() if not path.is_file()]
+        if missing:
+            raise SsmloraError(
+                f"data.predict_splits=test: {self.name} has no test file "
+                f"{', '.join(str(p) for p in missing)}. Put GLUE's unlabelled test file(s) there "
+                f"(the original layout: {self.folder}/"
+                f"{{{', '.join(p.name for p in self.test_files(data_dir).values())}}}), set "
+                f"data.data_dir: null to load {HUB_ID}'s test split from the hub, or use "
+                "data.predict_splits: eval to predict the dev split(s)."
+            )
+        if self.name == "mnli" and self.ax_file(data_dir) is None:
+            rank_zero_warn(
+                f"No diagnostic set AX beside {self.task_dir(data_dir)} (looked for "
+                f"{' and '.join(AX_FILES)} there and in the GLUE root): AX.tsv is not written. "
+                "The GLUE server wants it in a full submission (predicted by the MNLI model)."
+            )
+            return self.test_splits
+        return self.test_splits + ((AX_SPLIT,) if self.name == "mnli" else ())
 
     def task_dir(self, data_dir: str) -> Path:
         """``data_dir`` itself, or its ``<folder>`` subfolder when given the GLUE root."""
@@ -67,7 +139,10 @@ class GlueTask:
             )
 
     def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
-        """Columns ``text_a``, ``text_b``, ``label`` (see :class:`~.base.Task`)."""
+        """Columns ``text_a``, ``text_b``, ``label`` (see :class:`~.base.Task`); a test split
+        (unlabelled) has the placeholder label and the row's own index (see the module's doc)."""
+        if split in self.test_splits or split == AX_SPLIT:
+            return self._load_test(split, data_dir)
         if data_dir is None:
             ds = datasets.load_dataset(HUB_ID, self.name, split=split)
             a, b = self.hub_keys
@@ -80,7 +155,26 @@ class GlueTask:
         if not path.is_file():
             raise SsmloraError(f"{self.name}: no file {path} for split {split!r}.")
         a, b, label = self.tsv_keys
-        used = [c for c in (a, b, label) if c]
+        return self._read_tsv(
+            path,
+            split,
+            [c for c in (a, b, label) if c],
+            lambda ex: {
+                "text_a": ex[a],
+                "text_b": ex[b] if b else None,
+                "label": self.parse_label(ex[label]),
+            },
+            self.features(),
+            "the original GLUE TSV",
+            column_names=self.tsv_columns,
+        )
+
+    def _read_tsv(
+        self, path: Path, split: str, used: list[str], row, features, layout: str,
+        column_names: tuple[str, ...] | None = None,
+    ) -> datasets.Dataset:  # fmt: skip
+        """The ``used`` columns of the TSV ``path`` as strings (quoting off), each row made an
+        example by ``row``; ``column_names`` for a file without header (CoLA's train/dev)."""
         try:
             ds = datasets.load_dataset(
                 "csv",
@@ -88,30 +182,71 @@ class GlueTask:
                 split=split,
                 sep="\t",
                 quoting=csv.QUOTE_NONE,
-                header=None if self.tsv_columns else "infer",
-                column_names=list(self.tsv_columns) if self.tsv_columns else None,
+                header=None if column_names else "infer",
+                column_names=list(column_names) if column_names else None,
                 usecols=used,
                 converters=dict.fromkeys(used, str),
                 keep_default_na=False,
                 encoding="utf-8-sig",  # MRPC's header starts with a byte-order mark
             )
-            ds = ds.map(
-                lambda ex: {
-                    "text_a": ex[a],
-                    "text_b": ex[b] if b else None,
-                    "label": self.parse_label(ex[label]),
-                },
-                remove_columns=ds.column_names,
-                features=self.features(),
-            )
-        except Exception as err:  # pandas/pyarrow/label errors from a malformed file
+            ds = ds.map(row, remove_columns=ds.column_names, features=features)
+        except Exception as err:  # pandas/pyarrow/label/index errors from a malformed file
             raise SsmloraError(
-                f"{self.name}: cannot read {path} as the original GLUE TSV (columns "
-                f"{list(self.tsv_columns or used)}, tab-separated, no quoting): {err}"
+                f"{self.name}: cannot read {path} as {layout} (columns "
+                f"{list(column_names or used)}, tab-separated, no quoting): {err}"
             ) from None
         if len(ds) == 0:
             raise SsmloraError(f"{self.name}: {path} has no rows.")
         return ds
+
+    def _load_test(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        """An unlabelled test split: ``text_a``, ``text_b``, ``label`` (:data:`UNLABELLED`) and
+        :data:`INDEX_COLUMN` (the file's index column, the hub's ``idx``)."""
+        placeholder = float(UNLABELLED) if self.is_regression else UNLABELLED
+        if data_dir is None:
+            if split == AX_SPLIT:
+                ds = datasets.load_dataset(HUB_ID, "ax", split="test")
+            else:
+                ds = datasets.load_dataset(HUB_ID, self.name, split=split)
+            a, b = self.hub_keys
+            return ds.map(
+                lambda ex: {
+                    "text_a": ex[a],
+                    "text_b": ex[b] if b else None,
+                    "label": placeholder,
+                    INDEX_COLUMN: ex["idx"],
+                },
+                remove_columns=ds.column_names,
+                features=self.features(test=True),
+            )
+        path = self.ax_file(data_dir) if split == AX_SPLIT else self.test_files(data_dir)[split]
+        if path is None or not path.is_file():
+            raise SsmloraError(f"{self.name}: no file {path} for split {split!r}.")
+        a, b, _ = self.tsv_keys  # the test files name their text columns as train/dev do
+        with open(path, encoding="utf-8-sig") as handle:
+            header = handle.readline().rstrip("\r\n").split("\t")
+        index = next((c for c in TEST_INDEX_COLUMNS if c in header), None)
+        wanted = [c for c in (a, b) if c]
+        absent = [c for c in wanted if c not in header] + ([] if index else ["index"])
+        if absent:
+            raise SsmloraError(
+                f"{self.name}: {path} is not a GLUE test TSV: it lacks the column(s) {absent} "
+                f"(its header: {header}). The test files have a header with an index column "
+                f"({' or '.join(TEST_INDEX_COLUMNS)}) and {wanted}."
+            )
+        return self._read_tsv(
+            path,
+            split,
+            [index, *wanted],
+            lambda ex: {
+                "text_a": ex[a],
+                "text_b": ex[b] if b else None,
+                "label": placeholder,
+                INDEX_COLUMN: int(ex[index]),
+            },
+            self.features(test=True),
+            f"a GLUE test TSV with an integer {index!r}",
+        )
 
     def parse_label(self, value: str) -> int | float:
         if self.is_regression:
@@ -120,11 +255,16 @@ class GlueTask:
             return self.label_names.index(value)
         return int(value)
 
-    def features(self) -> datasets.Features:
+    def features(self, test: bool = False) -> datasets.Features:
         label = datasets.Value("float32" if self.is_regression else "int64")
-        return datasets.Features(
-            {"text_a": datasets.Value("string"), "text_b": datasets.Value("string"), "label": label}
-        )
+        features = {
+            "text_a": datasets.Value("string"),
+            "text_b": datasets.Value("string"),
+            "label": label,
+        }
+        if test:
+            features[INDEX_COLUMN] = datasets.Value("int64")
+        return datasets.Features(features)
 
     def builtin_tokenizer(self):
         return None
