@@ -33,7 +33,6 @@ from torchmetrics.utilities import dim_zero_cat
 
 from ssmlora_app.errors import SsmloraError
 
-TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "token_f1", "exact_match")
 TEACHER_FORCED_METRICS = ("token_accuracy", "sequence_accuracy", "bits_per_byte")
 
 
