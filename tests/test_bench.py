@@ -39,16 +39,7 @@ TINY = BenchPreset(
     cpu_seq_lens=(8, 16),
     cpu_batch_size=2,
     lora_targets=("q_proj", "v_proj"),
-    methods=(
-        "frozen",
-        "full",
-        "lora",
-        "peft_lora",
-        "ssmlora",
-        "lora_full_model",
-        "hrm_fft",
-        "hrm_sequential",
-    ),
+    methods=PRESETS["llama-tiny"].methods,  # every method but SDT (Mamba only)
     scan_seq_lens=(8, 16),
     hrm_d_state=4,
 )
