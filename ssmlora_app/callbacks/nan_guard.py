@@ -40,9 +40,11 @@ class NanGuard(L.Callback):
         self.max_skips = max_skips
         self.skipped = 0
         self._bad_loss: float | None = None
-        self._first_bad: torch.Tensor | None = None
-        """``(3,)`` float64 on the loss's device: step, epoch, loss of the first non-finite loss
-        (step −1 while there is none)."""
+        self._first_at: torch.Tensor | None = None
+        """``(2,)`` int64 on the loss's device: step and epoch of the first non-finite loss
+        (−1 while there is none)."""
+        self._first_loss: torch.Tensor | None = None
+        """``()`` float32 on the loss's device: that loss."""
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         loss = loss.detach()
@@ -50,13 +52,18 @@ class NanGuard(L.Callback):
             value = float(loss)
             self._bad_loss = None if math.isfinite(value) else value
             return
-        step = torch.full((), trainer.global_step, dtype=torch.float64, device=loss.device)
-        epoch = torch.full((), trainer.current_epoch, dtype=torch.float64, device=loss.device)
-        record = torch.stack((step, epoch, loss.to(torch.float64)))
-        if self._first_bad is None:
-            self._first_bad = torch.full((3,), -1.0, dtype=torch.float64, device=loss.device)
-        first = (self._first_bad[0] < 0) & ~torch.isfinite(loss)
-        self._first_bad = torch.where(first, record, self._first_bad)
+        # Device ops only (fills, no host-to-device copies): int64 and float32, which every
+        # accelerator has (MPS has no float64).
+        kw = {"dtype": torch.long, "device": loss.device}
+        at = torch.stack(
+            (torch.full((), trainer.global_step, **kw), torch.full((), trainer.current_epoch, **kw))
+        )
+        if self._first_at is None:
+            self._first_at = torch.full((2,), -1, **kw)
+            self._first_loss = torch.zeros((), dtype=torch.float32, device=loss.device)
+        first = (self._first_at[0] < 0) & ~torch.isfinite(loss)
+        self._first_at = torch.where(first, at, self._first_at)
+        self._first_loss = torch.where(first, loss.float(), self._first_loss)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
@@ -72,11 +79,11 @@ class NanGuard(L.Callback):
         self._raise_if_bad()  # raised before anything is written: the old files stay as they are
 
     def _raise_if_bad(self) -> None:
-        if self._first_bad is None:
+        if self._first_at is None:
             return
-        step, epoch, loss = self._first_bad.tolist()  # the one host read
+        step, epoch = self._first_at.tolist()  # the one host read (a synchronisation)
         if step >= 0:
-            self._fail(int(step), int(epoch), loss)
+            self._fail(step, epoch, self._first_loss.item())
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._bad_loss is None:
