@@ -259,4 +259,7 @@ def test_tasks_with_a_held_out_test_split_predict_it_under_its_own_name():
     writer = PredictionWriter()
     assert writer._tsv_name(data.task, "test") == "word_problem_test.tsv"
     assert writer._tsv_name(get_task("sst2"), "test") == "SST-2.tsv"
-    assert writer._tsv_name(get_task("sst2"), "validation") == "SST-2.tsv"  # dev: unchanged
+    # dev predictions never take (and overwrite) a submission file's name
+    assert writer._tsv_name(get_task("sst2"), "validation") == "SST-2_validation.tsv"
+    assert writer._tsv_name(get_task("mnli"), "validation_matched") == "MNLI_validation_matched.tsv"
+    assert writer._tsv_name(get_task("quickstart"), "validation") == "quickstart.tsv"

@@ -2,8 +2,8 @@
 
 For each predicted split: ``<task>_<split>.jsonl`` (one ``{"index", "prediction", "label"}`` object
 per example, ``label`` being the gold label when the split has one) and a TSV in the GLUE
-submission layout (``index<TAB>prediction``, files named as the GLUE server expects: ``SST-2.tsv``,
-``MNLI-m.tsv``, ``MNLI-mm.tsv``, ...; other tasks' further splits add ``_<split>``). Classes are
+submission layout (``index<TAB>prediction``; see :meth:`PredictionWriter._tsv_name` for the file
+names: GLUE's server names are kept for its test splits). Classes are
 written as the task's label names (``entailment``) or class ids where the task has none (SST-2,
 CoLA, MRPC, QQP: ``0``/``1``), STS-B as a score; a custom task's string labels come back as the
 original strings (``TaskInfo.label_names``).
@@ -65,14 +65,17 @@ class PredictionWriter(BasePredictionWriter):
         return names[int(value)] if names else int(value)
 
     def _tsv_name(self, task, split: str) -> str:
-        """GLUE's submission names (``SST-2.tsv``, ``MNLI-m.tsv``, ``AX.tsv``) for the dev and
-        the unlabelled test splits; ``<folder>_<split>.tsv`` for a task's other splits."""
+        """GLUE's submission names (``SST-2.tsv``, ``MNLI-m.tsv``, ``AX.tsv``) for its unlabelled
+        test splits only, so dev predictions never pass for (or overwrite) a submission file: GLUE
+        dev splits are ``<folder>_<split>.tsv`` (``SST-2_validation.tsv``). Other tasks: ``<name>.tsv``
+        for ``validation``, ``<name>_<split>.tsv`` for the rest."""
         if split == AX_SPLIT:
             return "AX.tsv"
         folder = getattr(task, "folder", task.name)
-        suffixes = {"validation": "", "validation_matched": "-m", "validation_mismatched": "-mm"}
         if hasattr(task, "submission_splits"):  # GLUE: the test splits are the submission
-            suffixes |= {"test": "", "test_matched": "-m", "test_mismatched": "-mm"}
+            suffixes = {"test": "", "test_matched": "-m", "test_mismatched": "-mm"}
+        else:
+            suffixes = {"validation": ""}
         return f"{folder}{suffixes.get(split, f'_{split}')}.tsv"
 
     def _records(self, task, info, values: list, order: list[int], dataset, tokenizer) -> list:
