@@ -93,20 +93,18 @@ class PredictionWriter(BasePredictionWriter):
                 for i, v in rows
             ]
             return sorted(records, key=lambda record: record["index"])
-        if info.objective != "causal_lm":
-            names = info.label_names
-            gold = list(dataset["labels"]) if "labels" in columns else None
-            records = [{"index": i, "prediction": self._label(task, v, names)} for i, v in rows]
-            if gold is not None:
+        classification = info.objective != "causal_lm"
+        if classification or info.lm_eval == "choice":  # class ids / option indices
+            column = "labels" if classification else "label"
+
+            def fmt(value):
+                return self._label(task, value, info.label_names) if classification else int(value)
+
+            records = [{"index": i, "prediction": fmt(v)} for i, v in rows]
+            if column in columns:
+                gold = list(dataset[column])
                 for record in records:
-                    record["label"] = self._label(task, gold[record["index"]], names)
-            return records
-        if info.lm_eval == "choice":
-            gold = list(dataset["label"]) if "label" in columns else None
-            records = [{"index": i, "prediction": int(v)} for i, v in rows]
-            if gold is not None:
-                for record in records:
-                    record["label"] = int(gold[record["index"]])
+                    record["label"] = fmt(gold[record["index"]])
             return records
         records = [{"index": i, "prediction": v} for i, v in rows]
         if "references" in columns:
