@@ -41,10 +41,15 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from ssmlora_app.adapters import HRMConfig, LoRAConfig, inject_adapters
-from ssmlora_app.adapters.hrm import discretize
+from ssmlora_app.adapters import (
+    ADAPTERS,
+    AdapterMethod,
+    BenchSettings,
+    LoRAConfig,
+    inject_adapters,
+)
+from ssmlora_app.adapters.hrm_layers import discretize
 from ssmlora_app.adapters.inject import default_head
-from ssmlora_app.adapters.registry import ADAPTERS
 from ssmlora_app.adapters.ssmlora_presets import lora_baseline_modules, preset_modules
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.errors import SsmloraError
@@ -70,13 +75,16 @@ class BenchPreset:
     cpu_batch_size: int
     """Batch size on CPU."""
     lora_targets: tuple[str, ...]
-    """``target_modules`` of our LoRA and of ``peft``'s LoRA."""
+    """The linear targets of the LoRA-like rows (``BenchSettings.targets``) and of ``peft``'s LoRA."""
     methods: tuple[str, ...]
-    """Methods measured (see :data:`METHODS`); unavailable ones are skipped with a note."""
+    """Measured by default: bench baselines (:data:`BASELINES`) and registered adapter methods
+    (each gives the rows of its ``bench`` hook); unavailable ones are skipped with a note."""
     scan_seq_lens: tuple[int, ...] = ()
     """Sequence lengths of the scan-alone rows (empty: none)."""
-    hrm_d_state: int = 16
-    """HRM state size (16 ≈ the parameters of LoRA r=8 on query and value)."""
+    scan_d_state: int = 16
+    """State size of the scan-alone rows."""
+    method_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """Per registered method: its ``BenchSettings.options`` (e.g. ``{"hrm": {"d_state": 32}}``)."""
     requires_adapter: str | None = None
     """Skip the whole preset when this adapter is not in the registry."""
 
@@ -130,16 +138,7 @@ _MAMBA_130M = MappingProxyType(
         "pad_token_id": 0,
     }
 )
-_ALL = (
-    "frozen",
-    "full",
-    "lora",
-    "peft_lora",
-    "ssmlora",
-    "lora_full_model",
-    "hrm_fft",
-    "hrm_sequential",
-)
+_ALL = ("frozen", "full", "lora", "peft_lora", "ssmlora", "lora_full_model", "hrm")
 
 PRESETS: MappingProxyType[str, BenchPreset] = MappingProxyType(
     {
@@ -169,9 +168,10 @@ PRESETS: MappingProxyType[str, BenchPreset] = MappingProxyType(
             cpu_seq_lens=(512, 1024),
             cpu_batch_size=1,
             lora_targets=("q_proj", "v_proj"),
-            methods=("frozen", "lora", "hrm_fft", "hrm_sequential"),
+            methods=("frozen", "lora", "hrm"),
             scan_seq_lens=(512, 1024, 2048, 4096, 8192, 16384),
-            hrm_d_state=32,
+            scan_d_state=32,
+            method_options={"hrm": {"d_state": 32}},
         ),
         "mamba-130m": BenchPreset(
             backbone=_MAMBA_130M,
@@ -215,16 +215,6 @@ def _is_mamba(model: nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "model_type", None) in ("mamba", "mamba2")
 
 
-def _build_lora(model: nn.Module, preset: BenchPreset) -> nn.Module:
-    targets = [*preset.lora_targets]
-    if _is_mamba(model):  # Mamba's kernels bypass wrappers: LoRA as a re-parametrisation
-        config = ADAPTERS["sdt"].config_cls(
-            r=8, alpha=16, target_modules=targets, sparse_targets=[]
-        )
-        return inject_adapters(model, config)
-    return inject_adapters(model, LoRAConfig(r=8, alpha=16, target_modules=targets))
-
-
 def _build_peft_lora(model: nn.Module, preset: BenchPreset) -> nn.Module:
     try:
         from peft import LoraConfig, get_peft_model
@@ -255,57 +245,60 @@ def _build_lora_on(placement: str) -> Callable[[nn.Module, BenchPreset], nn.Modu
     return build
 
 
-def _build_hrm(scan: str) -> Callable[[nn.Module, BenchPreset], nn.Module]:
-    def build(model: nn.Module, preset: BenchPreset) -> nn.Module:
-        return inject_adapters(model, HRMConfig(d_state=preset.hrm_d_state, scan=scan))
+Builder = Callable[[nn.Module, BenchPreset], nn.Module]
 
-    return build
-
-
-def _build_registered(name: str, **fields) -> Callable[[nn.Module, BenchPreset], nn.Module]:
-    def build(model: nn.Module, preset: BenchPreset) -> nn.Module:
-        spec = ADAPTERS.get(name)
-        if spec is None:
-            raise Unavailable(f"adapter {name!r} is not in the registry of this checkout")
-        return inject_adapters(model, spec.config_cls(**fields))
-
-    return build
-
-
-METHODS: MappingProxyType[str, tuple[Callable[[nn.Module, BenchPreset], nn.Module], ...]] = (
-    MappingProxyType(
-        {
-            "frozen": (_build_frozen,),
-            "full": (_build_full,),
-            "lora": (_build_lora,),
-            "peft_lora": (_build_peft_lora,),
-            "hrm_fft": (_build_hrm("fft"),),
-            "hrm_sequential": (_build_hrm("sequential"),),
-            "ssmlora": (
-                _build_registered("ssmlora", preset="attention_sparse"),
-                _build_registered("ssmlora", preset="full_model"),
-            ),
-            "lora_full_model": (_build_lora_on("same"), _build_lora_on("paper")),
-            "sdt": (_build_registered("sdt"),),
-        }
-    )
-)
-"""Method name -> its builders (SSMLoRA has one row per insertion preset). ``frozen`` trains
-only the task head (the floor of any adapter); ``full`` trains everything; ``lora_full_model``
-is LoRA where SSMLoRA's ``full_model`` sits (``_same``: the cost of the state term alone) and
-on the paper's LoRA baseline for it (``_paper``)."""
-
-_ROW_NAMES = MappingProxyType(
+BASELINES: Mapping[str, Mapping[str, Builder]] = MappingProxyType(
     {
-        "ssmlora": ("ssmlora_attention_sparse", "ssmlora_full_model"),
-        "lora_full_model": ("lora_full_model_same", "lora_full_model_paper"),
+        "frozen": {"frozen": _build_frozen},
+        "full": {"full": _build_full},
+        "peft_lora": {"peft_lora": _build_peft_lora},
+        "lora_full_model": {
+            "lora_full_model_same": _build_lora_on("same"),
+            "lora_full_model_paper": _build_lora_on("paper"),
+        },
     }
 )
+"""Rows that are not registered adapters: ``frozen`` trains only the task head (the floor of any
+adapter); ``full`` trains everything; ``peft_lora`` is ``peft``'s LoRA on the preset's targets;
+``lora_full_model`` is LoRA where SSMLoRA's ``full_model`` sits (``_same``: the cost of the state
+term alone) and on the paper's LoRA baseline for it (``_paper``). Every registered adapter method
+adds the rows of its ``bench`` hook (:meth:`AdapterMethod.bench_configs`)."""
 
 
-def row_names(method: str) -> tuple[str, ...]:
-    """The result rows a method produces."""
-    return _ROW_NAMES.get(method, (method,))
+def _registered_rows(method: AdapterMethod, preset: BenchPreset, base: nn.Module) -> dict:
+    settings = BenchSettings(
+        tuple(preset.lora_targets),
+        MappingProxyType(dict(preset.method_options.get(method.name, {}))),
+    )
+    return {
+        row: (lambda model, _, config=config: inject_adapters(model, config))
+        for row, config in method.bench_configs(base, settings).items()
+    }
+
+
+def plan_rows(
+    preset: BenchPreset, chosen: Sequence[str], new_model: Callable[[], nn.Module], notes: list[str]
+) -> dict[str, Builder]:
+    """Row name -> builder for ``chosen`` (baselines, registered methods, or single rows of
+    either); raises :class:`SsmloraError` naming the choices for an unknown name."""
+    candidates: dict[str, tuple[str, Builder]] = {}
+    for name, rows in BASELINES.items():
+        candidates.update({row: (name, build) for row, build in rows.items()})
+    for name, method in ADAPTERS.items():
+        try:
+            rows = _registered_rows(method, preset, new_model())
+        except SsmloraError as err:
+            if name in chosen:
+                notes.append(f"{name}: skipped ({err})")
+            continue
+        candidates.update({row: (name, build) for row, build in rows.items()})
+    known = set(ADAPTERS) | set(BASELINES) | set(candidates)
+    unknown = [m for m in chosen if m not in known]
+    if unknown:
+        raise SsmloraError(f"Unknown bench method(s) {unknown}; choose from {sorted(known)}.")
+    return {
+        row: build for row, (name, build) in candidates.items() if name in chosen or row in chosen
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,19 +486,21 @@ def build_runners(
 ) -> dict[str, Runner]:
     """One freshly built backbone per row (same seed), adapted, with AdamW on what trains."""
     backbone = BackboneConfig(config=dict(preset.backbone))
+
+    def new_model() -> nn.Module:
+        return build_classifier(backbone, 2, "single_label_classification")
+
     runners = {}
-    for method in methods:
-        for row, build in zip(row_names(method), METHODS[method]):
-            try:
-                base = build_classifier(backbone, 2, "single_label_classification")
-                model = build(base, preset).to(device)
-            except (Unavailable, SsmloraError, ImportError, ValueError, KeyError) as err:
-                notes.append(f"{row}: skipped ({err})")
-                continue
-            params = [p for p in model.parameters() if p.requires_grad]
-            runners[row] = Runner(
-                model, torch.optim.AdamW(params, lr=1e-4), sum(p.numel() for p in params)
-            )
+    for row, build in plan_rows(preset, methods, new_model, notes).items():
+        try:
+            model = build(new_model(), preset).to(device)
+        except (Unavailable, SsmloraError, ImportError, ValueError, KeyError) as err:
+            notes.append(f"{row}: skipped ({err})")
+            continue
+        params = [p for p in model.parameters() if p.requires_grad]
+        runners[row] = Runner(
+            model, torch.optim.AdamW(params, lr=1e-4), sum(p.numel() for p in params)
+        )
     return runners
 
 
@@ -678,9 +673,6 @@ def run_bench(
         )
         return result
     chosen = list(methods or preset.methods)
-    unknown = [m for m in chosen if m not in METHODS]
-    if unknown:
-        raise SsmloraError(f"Unknown bench method(s) {unknown}; choose from {sorted(METHODS)}.")
     runners = build_runners(preset, chosen, dev, result.notes)
     if BASELINE not in runners:
         result.notes.append("no 'lora' row: ratios are left empty")
@@ -697,7 +689,7 @@ def run_bench(
         if progress:
             progress(f"measuring the scan alone at seq_len {list(scan_seq_lens)} ...")
         result.scan_rows = measure_scan(
-            scan_seq_lens, preset.backbone["hidden_size"], preset.hrm_d_state, batch,
+            scan_seq_lens, preset.backbone["hidden_size"], preset.scan_d_state, batch,
             warmup, repeats, dev, sequential_max_len, tick,
         )  # fmt: skip
     for name in dict.fromkeys(r["method"] for r in result.rows):

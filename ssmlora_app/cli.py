@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
+from argparse import SUPPRESS
 from pathlib import Path
 from typing import Literal
 
@@ -15,23 +15,25 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from ssmlora_app.adapters import AdapterConfig
+from ssmlora_app.adapters import ADAPTERS, AdapterConfig
 from ssmlora_app.callbacks import (
+    AdapterDiagnostics,
     CheckpointOnSigterm,
     ExportAdapter,
     FitSummary,
-    HRMDiagnostics,
     LRMonitor,
     NanGuard,
     PredictionWriter,
-    SDTSelection,
-    SSMLoRADiagnostics,
 )
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.export import export, import_adapter
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.report import report
 from ssmlora_app.tasks.datamodule import TaskDataModule
+
+LEGACY_KEYS = ("hrm_diagnostics", "ssmlora_diagnostics", "sdt_selection")
+"""Callback keys of older versions, still found in runs' saved config.yaml: accepted and ignored
+(their work is now done by ``diagnostics`` and the adapter methods' own callbacks)."""
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -96,12 +98,12 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(LRMonitor, "lr_monitor")
         parser.add_lightning_class_args(ExportAdapter, "export")
         parser.add_lightning_class_args(FitSummary, "summary")
-        parser.add_lightning_class_args(HRMDiagnostics, "hrm_diagnostics")
-        parser.add_lightning_class_args(SSMLoRADiagnostics, "ssmlora_diagnostics")
+        parser.add_lightning_class_args(AdapterDiagnostics, "diagnostics")
         parser.add_lightning_class_args(NanGuard, "nan_guard")
         parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
-        parser.add_lightning_class_args(SDTSelection, "sdt_selection")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        for key in LEGACY_KEYS:  # in the config.yaml of runs made before the adapter contract
+            parser.add_argument(f"--{key}", type=dict | bool | None, default=None, help=SUPPRESS)
         parser.add_argument(
             "--float32_matmul_precision",
             type=Literal["highest", "high", "medium"] | None,
@@ -113,30 +115,6 @@ class SsmloraCLI(LightningCLI):
         )
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
-
-
-def reduce(adapter: str, out: str, eps: float = 0.1, train: str = "all") -> None:
-    """Balanced truncation of a trained HRM adapter (spec §4.3): Hankel singular values, order
-    from eps, complex modes so the reduced adapter still runs through the FFT scan.
-
-    Args:
-        adapter: Folder of a trained HRM adapter (as written by fit's export).
-        out: Folder for the reduced adapter, hankel_singular_values.json and reduction_report.json.
-        eps: Keep the states whose Hankel singular value is at least eps times the largest.
-        train: What a later fit from the reduced adapter trains: ``all`` or ``gate`` (only the
-            gates; use it with ``--model.adapter null --model.init_adapter_from OUT``).
-    """
-    from ssmlora_app.adapters.hrm_reduce import reduce_hrm_adapter
-
-    if train not in ("all", "gate"):
-        raise SsmloraError(f"--train must be 'all' or 'gate', got {train!r}.")
-    report = reduce_hrm_adapter(adapter, eps, out)
-    config_path = Path(out) / "adapter_config.json"
-    meta = json.loads(config_path.read_text())
-    meta["ssmlora"]["config"]["train"] = train
-    config_path.write_text(json.dumps(meta, indent=2) + "\n")
-    print(report.summary())
-    print(f"Reduced adapter written to {out}")
 
 
 def bench(
@@ -239,7 +217,6 @@ def sweep(
 
 
 EXTRA_COMMANDS = {
-    "reduce": reduce,
     "export": export,
     "import": import_adapter,
     "report": report,
@@ -249,15 +226,24 @@ EXTRA_COMMANDS = {
 """Subcommands besides LightningCLI's fit/validate/test/predict: one typed function each."""
 
 
+def extra_commands() -> dict:
+    """The app's subcommands and those of the registered adapter methods (HRM's ``reduce``)."""
+    commands = dict(EXTRA_COMMANDS)
+    for method in ADAPTERS.values():
+        commands.update(method.commands)
+    return commands
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``ssmlora`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
     set_parsing_settings(subclasses_enabled=[AdapterConfig])
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
-        if argv and argv[0] in EXTRA_COMMANDS:
+        commands = extra_commands()
+        if argv and argv[0] in commands:
             auto_cli(
-                EXTRA_COMMANDS[argv[0]],
+                commands[argv[0]],
                 args=argv[1:],
                 as_positional=False,
                 prog=f"ssmlora {argv[0]}",

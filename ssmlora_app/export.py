@@ -28,18 +28,16 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ssmlora_app.adapters import (
-    AdapterLayer,
     adapter_config,
     adapter_state_dict,
     inject_adapters,
     load_adapter,
-    merge_adapters,
+    merge_and_unload,
+    method_of,
     save_adapter,
 )
-from ssmlora_app.adapters.inject import CONFIG_ATTR
 from ssmlora_app.adapters.interop import load_foreign_lora
-from ssmlora_app.adapters.registry import get_spec
-from ssmlora_app.adapters.targets import replace_module
+from ssmlora_app.adapters.io import config_from_record
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TaskInfo, get_task
@@ -101,9 +99,7 @@ def read_run_hparams(run: str | Path) -> dict:
 
 def _from_checkpoint_state(model: nn.Module, hparams: dict, state: dict, origin: str) -> None:
     fields = dict(hparams.get("adapter") or {})
-    spec = get_spec(fields.pop("adapter_type", "lora"))
-    known = {f.name for f in dataclasses.fields(spec.config_cls)}
-    inject_adapters(model, spec.config_cls(**{k: v for k, v in fields.items() if k in known}))
+    inject_adapters(model, config_from_record(fields.pop("adapter_type", "lora"), fields))
     weights = {k.removeprefix("model."): v for k, v in state.items()}
     missing = set(adapter_state_dict(model)) - set(weights)
     if missing:
@@ -219,11 +215,7 @@ def merge_into_backbone(model: PreTrainedModel, verify: bool = True) -> PreTrain
     model. With ``verify``, its logits on random tokens must equal the adapter model's."""
     inputs = _probe_inputs(model) if verify else None
     before = model(**inputs).logits.float() if verify else None
-    merge_adapters(model)  # NotImplementedError for adapters that cannot be merged
-    for name, module in list(model.named_modules()):
-        if isinstance(module, AdapterLayer):
-            replace_module(model, name, module.base_layer)
-    delattr(model, CONFIG_ATTR)
+    merge_and_unload(model)  # SsmloraError for a method that is not mergeable
     if verify:
         after = model(**inputs).logits.float()
         if not torch.allclose(before, after, atol=1e-4, rtol=1e-3):
@@ -256,9 +248,7 @@ def export_rebuilt(rebuilt: Rebuilt, out: str | Path, merge: bool = True) -> dic
             metadata={"label_names": list(label_names)} if label_names else None,
         )
     }
-    if not merge:
-        return written
-    if not _mergeable(rebuilt.model):
+    if not merge or merge_refusal(rebuilt.model) is not None:
         return written
     kind = adapter_config(rebuilt.model).adapter_type
     model = merge_into_backbone(rebuilt.model)
@@ -274,18 +264,17 @@ def export_rebuilt(rebuilt: Rebuilt, out: str | Path, merge: bool = True) -> dic
     return written
 
 
-@torch.no_grad()
-def _mergeable(model: nn.Module) -> bool:
-    """Whether the model's adapter can be folded into its base weights (tried on one layer)."""
-    layer = next((m for m in model.modules() if isinstance(m, AdapterLayer)), None)
-    if layer is None:
-        return False
-    try:
-        layer.merge()
-    except (NotImplementedError, SsmloraError):
-        return False
-    layer.unmerge()
-    return True
+def merge_refusal(model: nn.Module) -> str | None:
+    """Why no ``merged/`` can be written for ``model``; None when it can."""
+    method = method_of(model)
+    if not method.mergeable:
+        return f"{method.name} adapters cannot be merged into the backbone"
+    if not isinstance(model, PreTrainedModel):
+        return (
+            f"a merged {type(model).__name__} has no transformers class to be saved as; "
+            "use the adapter folder with the backbone"
+        )
+    return None
 
 
 def _label_names(info: TaskInfo | None) -> tuple[str, ...] | None:
@@ -323,12 +312,12 @@ def export(
         merge: Also write the merged model (LoRA only; other adapters cannot be merged).
     """
     rebuilt = rebuild(run, checkpoint, adapter, backbone, task, num_labels, alpha)
-    kind = adapter_config(rebuilt.model).adapter_type
+    refusal = merge_refusal(rebuilt.model)
     written = export_rebuilt(rebuilt, out, merge=merge)
     for name, path in written.items():
         print(f"{name}: {path}")
     if merge and "merged" not in written:
-        print(f"merged: skipped ({kind} adapters cannot be merged into the backbone)")
+        print(f"merged: skipped ({refusal})")
 
 
 def import_adapter(

@@ -13,15 +13,17 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from ssmlora_app.adapters import (
     AdapterConfig,
-    LoRAConfig,
     adapter_state_dict,
     count_parameters,
     count_trainable_parameters,
-    hrm_generation,
+    default_adapter_config,
+    generation_context,
+    get_method,
     inject_adapters,
     load_adapter,
     read_adapter_config,
 )
+from ssmlora_app.adapters.base import shape_mismatches
 from ssmlora_app.backbone import (
     GENERATION_TOKENS,
     BackboneConfig,
@@ -82,7 +84,11 @@ class AdapterModule(L.LightningModule):
         if task_info is None:
             raise SsmloraError("AdapterModule needs task_info (the CLI links it from data).")
         if adapter is None:  # a saved adapter brings its own config (e.g. a reduced HRM one)
-            adapter = read_adapter_config(init_adapter_from) if init_adapter_from else LoRAConfig()
+            adapter = (
+                read_adapter_config(init_adapter_from)
+                if init_adapter_from
+                else default_adapter_config()
+            )
         self.backbone_config = backbone
         self.task_info = task_info
         self.optimizer_factory = optimizer
@@ -103,7 +109,8 @@ class AdapterModule(L.LightningModule):
                 pad_token_id=task_info.pad_token_id,
             )
         self._check_positions()
-        inject_adapters(self.model, adapter)
+        self.model = inject_adapters(self.model, adapter)
+        self.adapter = adapter
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -287,7 +294,7 @@ class AdapterModule(L.LightningModule):
                 outputs.append(row.new_empty(0))
                 continue
             prompt = row[:length].unsqueeze(0)
-            with hrm_generation(self.model):
+            with generation_context(self.model):
                 out = self.model.generate(
                     input_ids=prompt,
                     attention_mask=torch.ones_like(prompt),
@@ -336,6 +343,12 @@ class AdapterModule(L.LightningModule):
         batch = {k: v for k, v in self._model_inputs(batch).items() if k != "labels"}
         return self._predictions(self.model(**batch).logits)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The adapter method's own callbacks (its ``callbacks`` hook: training phases, per-step
+        hooks), in every fit/validate/test/predict run of this model."""
+        method = get_method(self.adapter.adapter_type)
+        return method.callbacks(self.adapter) if method.callbacks is not None else []
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(param_groups(self.model))
         if self.scheduler_factory is None:
@@ -369,11 +382,7 @@ class AdapterModule(L.LightningModule):
         expected = {f"model.{k}": v for k, v in adapter_state_dict(self.model).items()}
         missing = sorted(expected.keys() - saved_state.keys())
         extra = sorted(saved_state.keys() - expected.keys())
-        reshaped = [
-            k
-            for k in expected.keys() & saved_state.keys()
-            if expected[k].shape != saved_state[k].shape
-        ]
+        reshaped = shape_mismatches(self, saved_state, expected)
         if missing or extra or reshaped:
             example = (missing or extra or reshaped)[0]
             raise SsmloraError(

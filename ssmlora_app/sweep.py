@@ -10,19 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ssmlora_app.adapters.registry import ADAPTERS, get_spec
+from ssmlora_app.adapters import ADAPTERS, get_method
 from ssmlora_app.errors import SsmloraError
 
 
 def adapter_override(name: str) -> str:
     """``--model.adapter=...`` with every field of the adapter's default config spelt out (so no
     field of the config file's adapter carries over to another adapter class)."""
-    spec = get_spec(name)
-    config = spec.config_cls()
+    method = get_method(name)
+    config = method.config_cls()
     config.validate()
     init_args = dataclasses.asdict(config)
-    class_path = f"ssmlora_app.adapters.{spec.config_cls.__name__}"
-    return "--model.adapter=" + json.dumps({"class_path": class_path, "init_args": init_args})
+    return "--model.adapter=" + json.dumps(
+        {"class_path": method.class_path, "init_args": init_args}
+    )
 
 
 def sweep_commands(

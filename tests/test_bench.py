@@ -7,8 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from ssmlora_app.adapters import ADAPTERS
 from ssmlora_app.bench import (
-    METHODS,
+    BASELINES,
     PRESETS,
     BenchPreset,
     fit_exponent,
@@ -18,7 +19,7 @@ from ssmlora_app.bench import (
     run_bench,
     write_outputs,
 )
-from ssmlora_app.cli import EXTRA_COMMANDS, main
+from ssmlora_app.cli import extra_commands, main
 from ssmlora_app.errors import SsmloraError
 
 TINY_LLAMA = {
@@ -41,7 +42,8 @@ TINY = BenchPreset(
     lora_targets=("q_proj", "v_proj"),
     methods=PRESETS["llama-tiny"].methods,  # every method but SDT (Mamba only)
     scan_seq_lens=(8, 16),
-    hrm_d_state=4,
+    scan_d_state=4,
+    method_options={"hrm": {"d_state": 4}},
 )
 
 
@@ -178,12 +180,12 @@ def test_presets_build_their_backbones_on_meta():
     for name, preset in PRESETS.items():
         fields = dict(preset.backbone)
         config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-        assert config.hidden_size > 0, name
-        assert set(preset.methods) <= set(METHODS), name
+        assert config.hidden_size == fields["hidden_size"], name
+        assert set(preset.methods) <= set(BASELINES) | set(ADAPTERS), name
 
 
 def test_cli_bench_parses_and_rejects_bad_input(capsys):
-    assert "bench" in EXTRA_COMMANDS
+    assert "bench" in extra_commands()
     with pytest.raises(SystemExit) as err:
         main(["bench", "--help"])
     assert err.value.code == 0

@@ -23,14 +23,13 @@ from ssmlora_app.adapters import (
     HRMConfig,
     HRMLayer,
     count_trainable_parameters,
-    hrm_diagnostics,
-    hrm_generation,
     inject_adapters,
     load_adapter,
     merge_adapters,
     save_adapter,
 )
-from ssmlora_app.callbacks import HRMDiagnostics
+from ssmlora_app.adapters.hrm import hrm_diagnostics, hrm_generation
+from ssmlora_app.callbacks import AdapterDiagnostics
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.optim import param_groups
 
@@ -248,7 +247,7 @@ def test_diagnostics_callback_writes_tensorboard(tmp_path):
     trainer = L.Trainer(
         max_epochs=1,
         logger=logger,
-        callbacks=[HRMDiagnostics(every_n_steps=1)],
+        callbacks=[AdapterDiagnostics(every_n_steps=1)],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -163,11 +163,31 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert grads[1][name] is not None and torch.allclose(grad, grads[1][name], atol=1e-6), name
 
 
-def test_lora_on_mamba_points_to_the_reparametrised_lora():
+def test_lora_on_mamba_reparametrises_the_weights_the_mixer_reads():
+    """Mamba's mixer reads out_proj.weight directly: a wrapper would be bypassed, so LoRA becomes
+    a weight re-parametrisation there, the same arithmetic as SDT's LoRA (sparse_targets: [])."""
+    from ssmlora_app.adapters import SDTConfig
+    from ssmlora_app.adapters.lora import LoRAWeight
     from ssmlora_app.backbone import BackboneConfig, build_classifier
 
     fields = {"model_type": "mamba", "vocab_size": 64, "hidden_size": 16, "state_size": 4,
               "num_hidden_layers": 1, "expand": 2}  # fmt: skip
-    model = build_classifier(BackboneConfig(config=fields), 2, "single_label_classification")
-    with pytest.raises(SsmloraError, match=r"use SDTConfig with sparse_targets: \[\]"):
-        inject_adapters(model, LoRAConfig(r=4, target_modules=["out_proj"]))
+
+    def mamba():
+        return build_classifier(BackboneConfig(config=fields), 2, "single_label_classification")
+
+    ids = torch.randint(1, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    model = inject_adapters(mamba(), LoRAConfig(r=4, alpha=8, target_modules=["out_proj"]))
+    out_proj = model.backbone.layers[0].mixer.out_proj
+    assert isinstance(out_proj.parametrizations.weight[0], LoRAWeight)
+    sdt = inject_adapters(
+        mamba(), SDTConfig(r=4, alpha=8, target_modules=["out_proj"], sparse_targets=[])
+    )
+    randomise(lambda n: "lora_" in n, model)
+    sdt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        adapted, frozen = model(input_ids=ids).logits, mamba()(input_ids=ids).logits
+        assert not torch.allclose(adapted, frozen, atol=1e-4)  # the mixer sees the update
+        torch.testing.assert_close(adapted, sdt(input_ids=ids).logits, rtol=0, atol=0)
+    with pytest.raises(SsmloraError, match="re-parametrisation there, which has no input"):
+        inject_adapters(mamba(), LoRAConfig(target_modules=["out_proj"], dropout=0.1))

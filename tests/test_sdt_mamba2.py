@@ -14,11 +14,10 @@ from ssmlora_app.adapters import (
     load_adapter,
     merge_adapters,
     save_adapter,
-    select_dimensions,
-    start_warmup,
     unmerge_adapters,
 )
-from ssmlora_app.adapters.sdt import SELECTED, sdt_phase
+from ssmlora_app.adapters.sdt_phases import SELECTED, sdt_phase, start_warmup
+from ssmlora_app.adapters.sdt_select import select_dimensions
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.cli import main
 from tests.conftest import REPO
@@ -171,7 +170,7 @@ def test_after_selection_only_masked_entries_train_and_the_backbone_stays_bit_id
             assert changed.numel() and set(changed[:, 0].tolist()) <= heads, (i, tensor)
         changed = (mixer(model, i).in_proj.weight != before[i, "in_proj.weight"]).nonzero()
         assert changed.numel() and set(changed[:, 0].tolist()) <= bc_rows(model, i)
-    assert lora(model).lora_B.abs().sum() > 0
+    assert lora(model).lora_B.weight.abs().sum() > 0
 
 
 def test_save_reload_keeps_masks_and_logits(tmp_path):

@@ -26,12 +26,12 @@ from ssmlora_app.adapters import (
     count_trainable_parameters,
     inject_adapters,
     load_adapter,
-    lora_baseline_config,
     merge_adapters,
     save_adapter,
-    ssmlora_diagnostics,
 )
-from ssmlora_app.callbacks import SSMLoRADiagnostics
+from ssmlora_app.adapters.ssmlora_presets import lora_baseline_config
+from ssmlora_app.adapters.ssmlora_stats import ssmlora_diagnostics
+from ssmlora_app.callbacks import AdapterDiagnostics
 from ssmlora_app.errors import SsmloraError
 
 R = 8
@@ -505,10 +505,9 @@ def test_diagnostics_and_callback():
 
     logged = []
     logger = SimpleNamespace(log_metrics=lambda m, step: logged.append((step, m)))
-    trainer = SimpleNamespace(global_step=4, loggers=[logger])
-    callback = SSMLoRADiagnostics(every_n_steps=2)
+    trainer = SimpleNamespace(global_step=4, loggers=[logger], is_global_zero=True)
+    callback = AdapterDiagnostics(every_n_steps=2)
     module = SimpleNamespace(model=model)
-    callback.on_fit_start(trainer, module)
     callback.on_train_batch_end(trainer, module, None, None, 0)
     callback.on_train_batch_end(trainer, module, None, None, 1)  # same step: logged once
     trainer.global_step = 5

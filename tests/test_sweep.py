@@ -18,7 +18,7 @@ def test_one_command_per_config_adapter_and_seed():
     names = {next(a for a in c if "logger.init_args.name=" in a).split("=")[1] for c in commands}
     assert names == {"quickstart_lora", "quickstart_ssmlora"}
     ssmlora = next(c for c in commands if "name=quickstart_ssmlora" in " ".join(c))
-    assert any('"class_path": "ssmlora_app.adapters.SSMLoRAConfig"' in a for a in ssmlora)
+    assert any('"class_path": "ssmlora_app.adapters.ssmlora.SSMLoRAConfig"' in a for a in ssmlora)
     assert "--seed_everything=0" in commands[0] and "--data.shuffle_seed=0" in commands[0]
     assert commands[0][-1] == "--trainer.max_epochs=1"
 

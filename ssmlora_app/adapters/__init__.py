@@ -1,38 +1,47 @@
-"""Public adapter API: configs, injection, counting, save and load.
+"""Adapters: the method contract, the registry, injection, counting, merging, save and load.
 
 >>> from ssmlora_app.adapters import LoRAConfig, inject_adapters, save_adapter, load_adapter
->>> inject_adapters(model, LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]))
+>>> model = inject_adapters(model, LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]))
+
+Each method lives in its own file, which registers it when imported (see
+:mod:`ssmlora_app.adapters.method`); the import lines at the end of this file are the registry of
+the built-in methods, one line each.
 """
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
-from ssmlora_app.adapters.hrm import (
-    HRMConfig,
-    HRMLayer,
-    HRMModalLayer,
-    hrm_diagnostics,
-    hrm_generation,
-)
 from ssmlora_app.adapters.inject import (
-    adapter_config,
     adapter_state_dict,
     count_parameters,
     count_trainable_parameters,
     inject_adapters,
-    merge_adapters,
-    unmerge_adapters,
 )
 from ssmlora_app.adapters.io import load_adapter, read_adapter_config, save_adapter
-from ssmlora_app.adapters.lora import LoRAConfig, LoRALinear
-from ssmlora_app.adapters.registry import ADAPTERS
-from ssmlora_app.adapters.sdt import SDTConfig, select_dimensions, start_warmup
-from ssmlora_app.adapters.ssmlora import SSMLoRAConfig, SSMLoRALinear
-from ssmlora_app.adapters.ssmlora_presets import lora_baseline_config
-from ssmlora_app.adapters.ssmlora_stats import ssmlora_diagnostics
+from ssmlora_app.adapters.merge import merge_adapters, merge_and_unload, unmerge_adapters
+from ssmlora_app.adapters.method import AdapterMethod, BenchSettings, Diagnostics
+from ssmlora_app.adapters.registry import (
+    ADAPTERS,
+    adapter_config,
+    adapter_diagnostics,
+    default_adapter_config,
+    generation_context,
+    get_method,
+    method_of,
+    register_adapter,
+)
+
+# The built-in methods: one import each registers it.
+from ssmlora_app.adapters.lora import LoRAConfig, LoRALinear  # isort: skip
+from ssmlora_app.adapters.ssmlora import SSMLoRAConfig, SSMLoRALinear  # isort: skip
+from ssmlora_app.adapters.hrm import HRMConfig, HRMLayer, HRMModalLayer  # isort: skip
+from ssmlora_app.adapters.sdt import SDTConfig  # isort: skip
 
 __all__ = [
     "ADAPTERS",
     "AdapterConfig",
     "AdapterLayer",
+    "AdapterMethod",
+    "BenchSettings",
+    "Diagnostics",
     "HRMConfig",
     "HRMLayer",
     "HRMModalLayer",
@@ -42,19 +51,20 @@ __all__ = [
     "SSMLoRAConfig",
     "SSMLoRALinear",
     "adapter_config",
+    "adapter_diagnostics",
     "adapter_state_dict",
     "count_parameters",
     "count_trainable_parameters",
-    "hrm_diagnostics",
-    "hrm_generation",
+    "default_adapter_config",
+    "generation_context",
+    "get_method",
     "inject_adapters",
     "load_adapter",
-    "lora_baseline_config",
     "merge_adapters",
+    "merge_and_unload",
+    "method_of",
     "read_adapter_config",
+    "register_adapter",
     "save_adapter",
-    "select_dimensions",
-    "ssmlora_diagnostics",
-    "start_warmup",
     "unmerge_adapters",
 ]

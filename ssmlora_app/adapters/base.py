@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 
@@ -55,8 +56,31 @@ class AdapterLayer(nn.Module):
 
     base_layer: nn.Module
 
+    resizable: ClassVar[tuple[str, ...]] = ()
+    """Names of this layer's tensors whose shape comes from the saved state (a warm-up buffer that
+    exists only in one phase): loaders accept any saved shape for them and the layer's
+    ``_load_from_state_dict`` resizes them."""
+
     def merge(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot be merged into its base layer.")
 
     def unmerge(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot be unmerged.")
+
+
+def shape_mismatches(
+    model: nn.Module, saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> list[str]:
+    """Keys of ``saved`` whose shape differs from ``expected`` (both keyed by names in
+    ``model``), leaving out the :attr:`AdapterLayer.resizable` tensors."""
+    resizable = {
+        f"{name}.{tensor}"
+        for name, module in model.named_modules()
+        if isinstance(module, AdapterLayer)
+        for tensor in module.resizable
+    }
+    return [
+        key
+        for key in expected.keys() & saved.keys()
+        if key not in resizable and expected[key].shape != saved[key].shape
+    ]

@@ -1,8 +1,11 @@
-"""``ssmlora reduce``: balanced truncation of a saved HRM adapter into a smaller modal one.
+"""``ssmlora reduce``: balanced truncation of a saved HRM adapter into a smaller modal one (the
+"Hankel reduced-order modeling" of the HRM paper; HRM's own subcommand, registered by
+:mod:`ssmlora_app.adapters.hrm`).
 
 Reads an adapter directory written by :func:`ssmlora_app.adapters.save_adapter`, reduces every
 layer with :func:`ssmlora_app.ssm.reduction.balanced_truncation` and
-:func:`~ssmlora_app.ssm.reduction.to_modal` (spec §4.3), and writes a directory that
+:func:`~ssmlora_app.ssm.reduction.to_modal`, and writes a directory (through the one adapter
+folder writer, :func:`~ssmlora_app.adapters.io.write_adapter_folder`) that
 :func:`~ssmlora_app.adapters.load_adapter` rebuilds as :class:`HRMModalLayer` layers (config
 ``modal=True`` with per-layer ``state_sizes``), which run through the same FFT scan. The gate and
 the trained head are copied unchanged; the reduced adapter can be evaluated zero-shot or
@@ -12,23 +15,20 @@ fine-tuned (its gate, or all of it).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ssmlora_app.adapters.hrm import HRMConfig, HRMLayer, discretize, hrm_layers, modal_tensors
+from ssmlora_app.adapters.hrm_layers import HRMLayer, discretize, hrm_layers, modal_tensors
 from ssmlora_app.adapters.io import (
-    CONFIG_NAME,
-    PREFIX,
-    WEIGHTS_NAME,
+    config_record,
     read_adapter_config,
     read_adapter_weights,
+    write_adapter_folder,
 )
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.ssm.reduction import balanced_truncation, to_modal
@@ -86,6 +86,7 @@ def reduce_hrm_adapter(
     eps: float,
     out_dir: str | os.PathLike,
     gramians: Mapping[str, Tensor] | None = None,
+    train: Literal["all", "gate"] = "all",
 ) -> ReductionReport:
     """Reduce every layer of the HRM adapter in ``src_dir`` and write it to ``out_dir``.
 
@@ -96,12 +97,13 @@ def reduce_hrm_adapter(
             ``reduction_report.json``.
         gramians: Empirical controllability Gramians by layer name (from
             :func:`empirical_gramians`) to use instead of the closed form.
+        train: What a later fit from the reduced adapter trains (its config's ``train``).
 
     Returns:
         The :class:`ReductionReport` (also written as JSON).
     """
     config = read_adapter_config(src_dir)
-    if not isinstance(config, HRMConfig):
+    if config.adapter_type != "hrm":
         raise SsmloraError(f"{src_dir} holds a {config.adapter_type!r} adapter, not an HRM one.")
     if config.modal:
         raise SsmloraError(f"{src_dir} is already reduced; reduce the full adapter it came from.")
@@ -131,16 +133,37 @@ def reduce_hrm_adapter(
         modal=True,
         state_sizes=dict(report.orders),
         complex_modes=dict(report.complex_modes),
+        train=train,
     )
-    directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({PREFIX + k: v.contiguous() for k, v in out.items()}, directory / WEIGHTS_NAME)
-    meta = {"ssmlora": {"adapter": reduced.adapter_type, "config": dataclasses.asdict(reduced)}}
-    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    (directory / HSV_NAME).write_text(json.dumps(report.hsv, indent=2) + "\n")
     summary = dataclasses.asdict(report) | {"saving": report.saving}
-    (directory / REPORT_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    write_adapter_folder(
+        out_dir,
+        out,
+        {"ssmlora": config_record(reduced)},
+        extra_json={HSV_NAME: report.hsv, REPORT_NAME: summary},
+    )
     return report
+
+
+def reduce_command(
+    adapter: str, out: str, eps: float = 0.1, train: Literal["all", "gate"] = "all"
+) -> None:
+    """Balanced truncation of a trained HRM adapter (the HRM paper's Hankel reduced-order model):
+    Hankel singular values, order from eps, complex modes so the reduced adapter still runs
+    through the FFT scan.
+
+    Args:
+        adapter: Folder of a trained HRM adapter (as written by fit's export).
+        out: Folder for the reduced adapter, hankel_singular_values.json and reduction_report.json.
+        eps: Keep the states whose Hankel singular value is at least eps times the largest.
+        train: What a later fit from the reduced adapter trains: ``all`` or ``gate`` (only the
+            gates; use it with ``--model.adapter null --model.init_adapter_from OUT``).
+    """
+    if train not in ("all", "gate"):
+        raise SsmloraError(f"--train must be 'all' or 'gate', got {train!r}.")
+    report = reduce_hrm_adapter(adapter, eps, out, train=train)
+    print(report.summary())
+    print(f"Reduced adapter written to {out}")
 
 
 @torch.no_grad()

@@ -8,15 +8,16 @@ import torch
 from torch import nn
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
-from ssmlora_app.adapters.registry import get_spec
+from ssmlora_app.adapters.registry import CONFIG_ATTR, adapter_config, get_method, has_adapter
 from ssmlora_app.errors import SsmloraError
 
 HEAD_NAMES = ("pooler", "classifier", "score")
 """Top-level task-head modules of HF ``*ForSequenceClassification`` models (DeBERTa-v2 has a
 freshly initialised ``pooler``; BERT's pretrained pooler sits under ``bert.`` and is not one)."""
 
-CONFIG_ATTR = "ssmlora_config"
-"""Attribute of an injected model holding its resolved :class:`AdapterConfig`."""
+TRAINED_ATTR = "ssmlora_trained_parameters"
+"""Attribute of an injected model: backbone parameters (outside adapter layers and the head) that
+the method left trainable (a parameter-subset method such as BitFit); saved with the adapter."""
 
 
 def default_head(model: nn.Module) -> list[str]:
@@ -25,13 +26,14 @@ def default_head(model: nn.Module) -> list[str]:
 
 
 def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
-    """Freeze ``model``, wrap the layers ``config`` selects, unfreeze the head; in place.
+    """Freeze ``model``, let the config's method adapt it, unfreeze the head; in place.
 
-    Adapter parameters are fp32 whatever the backbone dtype. Returns ``model``.
+    Adapter parameters are fp32 whatever the backbone dtype. Returns the adapted model: ``model``
+    itself, or the wrapper of a whole-model method (``AdapterMethod.wrap_model``); use the result.
     """
-    if hasattr(model, CONFIG_ATTR):
+    if has_adapter(model):
         raise SsmloraError("This model already has an adapter; inject into a fresh backbone.")
-    spec = get_spec(config.adapter_type)
+    method = get_method(config.adapter_type)
     config.validate()
     heads = default_head(model) if config.modules_to_save is None else list(config.modules_to_save)
     for name in heads:
@@ -42,61 +44,65 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
                 f"modules_to_save names {name!r}, which {type(model).__name__} does not have."
             ) from None
     model.requires_grad_(False)
-    spec.inject(model, config, heads)
+    method.inject(model, config, heads)
+    layers = _adapter_layer_names(model)
+    trained = tuple(
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and not _in_layer(name, layers) and not _under(name, heads)
+    )
     for name in heads:
         model.get_submodule(name).requires_grad_(True)
     setattr(model, CONFIG_ATTR, dataclasses.replace(config, modules_to_save=heads))
+    setattr(model, TRAINED_ATTR, trained)
+    if method.wrap_model is not None:
+        wrapped = method.wrap_model(model, config)
+        setattr(wrapped, CONFIG_ATTR, getattr(model, CONFIG_ATTR))
+        setattr(wrapped, TRAINED_ATTR, trained)
+        return wrapped
     return model
 
 
-def adapter_config(model: nn.Module) -> AdapterConfig:
-    """The resolved config of an injected model."""
-    try:
-        return getattr(model, CONFIG_ATTR)
-    except AttributeError:
-        raise SsmloraError("This model has no adapter: call inject_adapters first.") from None
+def _adapter_layer_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, AdapterLayer)]
+
+
+def _in_layer(key: str, layers: list[str]) -> bool:
+    """``key`` belongs to an adapter layer itself (not to the base layer it wraps)."""
+    return any(
+        key.startswith(f"{layer}.") and not key.startswith(f"{layer}.base_layer.")
+        for layer in layers
+    )
+
+
+def _under(key: str, prefixes: list[str]) -> bool:
+    return any(key.startswith(f"{p}.") for p in prefixes)
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's tensors (every adapter layer's own parameters and buffers, not its
-    ``base_layer``) and the fully trained head modules, keyed by their names in ``model``."""
+    """The adapter's tensors, keyed by their names in ``model``: every adapter layer's own
+    parameters and buffers (not its ``base_layer``), the backbone parameters the method trains
+    (:data:`TRAINED_ATTR`) and the fully trained head modules."""
     heads = adapter_config(model).modules_to_save or []
-    layers = [name for name, m in model.named_modules() if isinstance(m, AdapterLayer)]
-    state = {}
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        in_layer = any(
-            key.startswith(f"{layer}.") and not key.startswith(f"{layer}.base_layer.")
-            for layer in layers
-        )
-        if in_layer or any(key.startswith(f"{head}.") for head in heads):
-            state[key] = tensor.detach()
-    return state
+    trained = set(getattr(model, TRAINED_ATTR, ()))
+    layers = _adapter_layer_names(model)
+    return {
+        key: tensor.detach()
+        for key, tensor in model.state_dict(keep_vars=True).items()
+        if key in trained or _in_layer(key, layers) or _under(key, heads)
+    }
 
 
 def count_trainable_parameters(model: nn.Module, include_head: bool = True) -> int:
     """Number of trainable parameter elements (optionally without the fully trained head)."""
-    heads = [] if include_head else (getattr(model, CONFIG_ATTR).modules_to_save or [])
+    heads = [] if include_head else (adapter_config(model).modules_to_save or [])
     return sum(
         p.numel()
         for name, p in model.named_parameters()
-        if p.requires_grad and not any(name.startswith(h + ".") for h in heads)
+        if p.requires_grad and not _under(name, heads)
     )
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of parameter elements, trainable or not."""
     return sum(p.numel() for p in model.parameters())
-
-
-def merge_adapters(model: nn.Module) -> None:
-    """Fold every adapter into its base weight (raises for adapters that cannot be merged)."""
-    for module in model.modules():
-        if isinstance(module, AdapterLayer):
-            module.merge()
-
-
-def unmerge_adapters(model: nn.Module) -> None:
-    """Undo :func:`merge_adapters`."""
-    for module in model.modules():
-        if isinstance(module, AdapterLayer):
-            module.unmerge()

@@ -1,9 +1,10 @@
-"""Adapter files: ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""Adapter folders: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
 Keys are ``base_model.model.<name in the model>`` as in ``peft``, so a LoRA adapter directory
 loads with ``peft.PeftModel.from_pretrained``. Our own config sits under the ``"ssmlora"`` key of
-adapter_config.json (``peft`` ignores it). Files are written to a temporary name, then renamed, so
-an interrupted save never leaves a truncated file behind.
+adapter_config.json (``peft`` ignores it). :func:`write_adapter_folder` is the one writer of such
+a folder (``save_adapter`` and ``ssmlora reduce`` use it): each file is written atomically (see
+:mod:`ssmlora_app.atomic`), so an interrupted save never leaves a truncated file behind.
 """
 
 from __future__ import annotations
@@ -11,20 +12,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ssmlora_app.adapters.base import AdapterConfig
-from ssmlora_app.adapters.inject import (
-    adapter_config,
-    adapter_state_dict,
-    default_head,
-    inject_adapters,
-)
-from ssmlora_app.adapters.registry import get_spec
+from ssmlora_app.adapters.base import AdapterConfig, shape_mismatches
+from ssmlora_app.adapters.inject import adapter_state_dict, default_head, inject_adapters
+from ssmlora_app.adapters.registry import adapter_config, get_method, has_adapter, method_of
+from ssmlora_app.atomic import atomic_write, atomic_write_text
 from ssmlora_app.errors import SsmloraError
 
 CONFIG_NAME = "adapter_config.json"
@@ -32,15 +30,33 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def config_record(config: AdapterConfig, metadata: Mapping | None = None) -> dict:
+    """Our part of adapter_config.json (the ``"ssmlora"`` key): the adapter type, its config and
+    any ``metadata`` (plain JSON values, e.g. ``{"label_names": [...]}``)."""
+    return {
+        **(metadata or {}),
+        "adapter": config.adapter_type,
+        "config": dataclasses.asdict(config),
+    }
+
+
+def write_adapter_folder(
+    directory: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    meta: dict,
+    extra_json: Mapping[str, object] | None = None,
+) -> Path:
+    """Write an adapter folder: ``tensors`` (keyed by their names in the model) as
+    adapter_model.safetensors, ``meta`` as adapter_config.json, and each of ``extra_json``
+    (file name -> JSON value, e.g. a reduction report) beside them; every file atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {PREFIX + k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(weights, p))
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+    for name, value in (extra_json or {}).items():
+        atomic_write_text(directory / name, json.dumps(value, indent=2) + "\n")
+    return directory
 
 
 def save_adapter(
@@ -54,29 +70,17 @@ def save_adapter(
     ``metadata`` (plain JSON values, e.g. ``{"label_names": [...]}``) is stored beside our config
     under the ``"ssmlora"`` key of adapter_config.json."""
     config = adapter_config(model)
-    spec = get_spec(config.adapter_type)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        PREFIX + k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(model).items()
-    }
+    method = method_of(model)
     meta: dict = {}
-    if spec.peft_fields is not None:
-        meta.update(spec.peft_fields(config))
+    peft = method.peft_config(model, config) if method.peft_config is not None else None
+    if peft is not None:
+        meta.update(peft)
         meta["modules_to_save"] = config.modules_to_save or None
         meta["task_type"] = "SEQ_CLS" if config.modules_to_save else None
         meta["base_model_name_or_path"] = base_model_name_or_path
         meta["inference_mode"] = True
-    meta["ssmlora"] = {
-        **(metadata or {}),
-        "adapter": config.adapter_type,
-        "config": dataclasses.asdict(config),
-    }
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
-    _atomic_write(
-        directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n")
-    )
-    return directory
+    meta["ssmlora"] = config_record(config, metadata)
+    return write_adapter_folder(directory, adapter_state_dict(model), meta)
 
 
 def read_adapter_config(directory: str | os.PathLike) -> AdapterConfig:
@@ -90,9 +94,15 @@ def read_adapter_config(directory: str | os.PathLike) -> AdapterConfig:
             f"Cannot read adapter config {path}: {err!r}. Expected a directory written by "
             "ssmlora's save_adapter (adapter_config.json + adapter_model.safetensors)."
         ) from None
-    spec = get_spec(saved["adapter"])
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    return spec.config_cls(**{k: v for k, v in saved["config"].items() if k in fields})
+    return config_from_record(saved["adapter"], saved["config"])
+
+
+def config_from_record(adapter_type: str, fields: Mapping) -> AdapterConfig:
+    """The config of ``adapter_type`` from its saved fields (unknown fields, e.g. of an older
+    version, are left out)."""
+    config_cls = get_method(adapter_type).config_cls
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in fields.items() if k in known})
 
 
 def read_adapter_weights(directory: str | os.PathLike) -> dict:
@@ -115,8 +125,8 @@ def load_adapter(
     ``load_head``, else left as it is (e.g. a new head for another task). Returns ``model``.
     """
     saved = read_adapter_config(directory)
-    if not hasattr(model, "ssmlora_config"):
-        inject_adapters(model, saved)
+    if not has_adapter(model):
+        model = inject_adapters(model, saved)
     current = adapter_config(model)
     if current.adapter_type != saved.adapter_type:
         raise SsmloraError(
@@ -128,6 +138,7 @@ def load_adapter(
     # The head: fully trained modules, and the top-level head modules an adapter may wrap
     # (SSMLoRA's full_model preset adapts the classifier's linears).
     heads = set(current.modules_to_save or []) | set(default_head(model))
+    reshaped = set(shape_mismatches(model, tensors, expected))
     problems = []
     to_load = {}
     for key, target in expected.items():
@@ -136,7 +147,7 @@ def load_adapter(
             continue
         if key not in tensors:
             problems.append(f"missing {key}")
-        elif tensors[key].shape != target.shape:
+        elif key in reshaped:
             problems.append(
                 f"{key}: saved {tuple(tensors[key].shape)}, model {tuple(target.shape)}"
             )

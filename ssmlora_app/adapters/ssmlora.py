@@ -25,6 +25,7 @@ per (chain, position), never a global carried across batches; ``scale`` defaults
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -33,6 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
+from ssmlora_app.adapters.lora import lora_scaling
+from ssmlora_app.adapters.method import AdapterMethod, BenchSettings, Diagnostics
+from ssmlora_app.adapters.registry import register_adapter
 from ssmlora_app.adapters.ssmlora_chain import StateChain
 from ssmlora_app.adapters.ssmlora_presets import Preset, filter_targets, preset_modules
 from ssmlora_app.adapters.targets import (
@@ -143,7 +147,7 @@ class SSMLoRAConfig(AdapterConfig):
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r if self.scale_mode == "alpha_over_r" else self.alpha
+        return lora_scaling(self.alpha, self.r) if self.scale_mode == "alpha_over_r" else self.alpha
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -274,7 +278,7 @@ def assign_chains(names: list[str], config: SSMLoRAConfig) -> dict[str, tuple[st
     return assigned
 
 
-def inject_ssmlora(model: nn.Module, config: SSMLoRAConfig, skip: list[str]) -> list[str]:
+def inject_ssmlora(model: nn.Module, config: SSMLoRAConfig, skip: Sequence[str]) -> list[str]:
     """Wrap the target layers of ``model`` in :class:`SSMLoRALinear`; returns the wrapped names.
 
     Registers the reset of one shared :class:`StateChain` as a forward pre-hook on ``model``.
@@ -298,3 +302,20 @@ def inject_ssmlora(model: nn.Module, config: SSMLoRAConfig, skip: list[str]) -> 
         replace_module(model, name, layer.train(base.training))  # keep the model's mode
     model.register_forward_pre_hook(state_chain.reset)
     return names
+
+
+def _diagnostics(model: nn.Module) -> Diagnostics:
+    from ssmlora_app.adapters.ssmlora_stats import ssmlora_diagnostics
+
+    return Diagnostics(scalars=ssmlora_diagnostics(model))
+
+
+def _bench(model: nn.Module, settings: BenchSettings) -> dict[str, AdapterConfig]:
+    """SSMLoRA at both of the paper's insertion presets."""
+    presets: tuple[Preset, ...] = ("attention_sparse", "full_model")
+    return {f"ssmlora_{p}": SSMLoRAConfig(preset=p, **dict(settings.options)) for p in presets}
+
+
+register_adapter(
+    AdapterMethod(SSMLoRAConfig, inject_ssmlora, diagnostics=_diagnostics, bench=_bench)
+)

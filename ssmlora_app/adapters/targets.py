@@ -37,7 +37,20 @@ def linear_dims(layer: nn.Module) -> tuple[int, int]:
     return layer.in_features, layer.out_features
 
 
-def _under(name: str, prefixes: Sequence[str]) -> bool:
+WEIGHT_READERS = ("MambaMixer", "Mamba2Mixer")
+"""Modules that read their linears' ``.weight`` directly instead of calling them (HF Mamba's
+mixers pass ``in_proj.weight``, ``x_proj.weight``, ``out_proj.weight`` to fused kernels): a
+wrapper around such a linear would be bypassed, so adapters re-parametrise its weight."""
+
+
+def reads_weight_directly(model: nn.Module, name: str) -> bool:
+    """Whether the module owning ``name`` reads ``name``'s weight without calling it."""
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return type(parent).__name__.removeprefix("Parametrized") in WEIGHT_READERS
+
+
+def under(name: str, prefixes: Sequence[str]) -> bool:
+    """``name`` is one of ``prefixes`` or inside one of them."""
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
@@ -59,7 +72,7 @@ def find_targets(
     candidates = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, types) and name and not _under(name, skip)
+        if isinstance(module, types) and name and not under(name, skip)
     ]
     selected = []
     for name in candidates:

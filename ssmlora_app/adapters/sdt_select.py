@@ -1,21 +1,64 @@
-"""SDT's dimension selection inside one ``fit`` (spec §3): warm up, score, select, continue."""
+"""SDT's dimension selection (SDLoRA paper §4.2, Alg. 1): the end of the warm-up, and the
+Lightning callback that runs warm-up, selection and the rest of training inside one ``fit``."""
 
 from __future__ import annotations
 
 import logging
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
 
-from ssmlora_app.adapters.inject import adapter_config
-from ssmlora_app.adapters.sdt import IDLE, WARMUP, sdt_phase, select_dimensions, start_warmup
+from ssmlora_app.adapters.lora import LoRAWeight
+from ssmlora_app.adapters.registry import adapter_config, has_adapter
+from ssmlora_app.adapters.sdt_mamba1 import select_mamba1
+from ssmlora_app.adapters.sdt_mamba2 import select_mamba2
+from ssmlora_app.adapters.sdt_phases import (
+    IDLE,
+    SELECTED,
+    WARMUP,
+    LayerSelection,
+    mixer_kind,
+    sdt_modules,
+    sdt_phase,
+    start_warmup,
+)
 
 log = logging.getLogger(__name__)
 
+SELECTORS = {"mamba": select_mamba1, "mamba2": select_mamba2}
+
+
+@torch.no_grad()
+def select_dimensions(model: nn.Module, num_zero: int | None = None) -> dict[str, LayerSelection]:
+    """End the warm-up: score ``I = ΔA_log²``, keep the top channels (Mamba-2: heads and groups)
+    and states, write the masks, drop ``ΔA_log``, re-initialise LoRA (the warm-up's updates are
+    discarded: the backbone is back to its pretrained weights) and enter ``SELECTED``. The head
+    keeps its warm-up training: it is not a pretrained weight. ``num_zero`` defaults to the
+    injected config's. Returns the selection per mixer name."""
+    if num_zero is None:
+        num_zero = getattr(adapter_config(model), "num_zero", 0) if has_adapter(model) else 0
+    selection = {}
+    for name, mixer in model.named_modules():
+        kind = mixer_kind(mixer)
+        if kind is None:
+            continue
+        chosen = SELECTORS[kind](name, mixer, num_zero)
+        if chosen is not None:
+            selection[name] = chosen
+    for module in model.modules():
+        if isinstance(module, LoRAWeight):
+            module.reset_parameters()
+    for module in sdt_modules(model):
+        module.set_phase(SELECTED)
+    return selection
+
 
 class SDTSelection(L.Callback):
-    """Drives an SDT adapter's phases (see :mod:`ssmlora_app.adapters.sdt`); does nothing for
-    other adapters or an adapter whose dimensions are already selected (e.g. loaded from a file).
+    """Drives an SDT adapter's phases; added to every run of an SDT model by the method's
+    ``callbacks`` hook. Does nothing for an adapter whose dimensions are already selected (e.g.
+    loaded from a file).
 
     * ``setup`` (fit): a freshly injected adapter enters the warm-up (dense ``ΔA_log`` + LoRA),
       before the optimizer is built, so the optimizer gets the warm-up parameters.
@@ -64,5 +107,5 @@ class SDTSelection(L.Callback):
                     writer.add_histogram(f"sdt/channel_scores/{name}", s.channel_scores, step)
 
 
-def _model(pl_module: L.LightningModule):
+def _model(pl_module: L.LightningModule) -> nn.Module:
     return getattr(pl_module, "model", pl_module)
