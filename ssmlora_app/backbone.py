@@ -70,9 +70,12 @@ def _build(
     overrides: dict | None = None,
     wrap=None,
     tokenizer_fields: dict[str, int | None] | None = None,
+    load_kwargs: dict | None = None,
 ):
     """``auto_cls`` (an ``AutoModel*`` class) from the config dict (random weights, seeded with
     ``backbone.init_seed``) or from the hub / a folder; ``wrap`` (if given) is applied to it.
+    ``load_kwargs``: extra ``from_pretrained`` arguments an adapter method needs (its
+    ``backbone_kwargs`` hook, e.g. a quantisation config); a config backbone ignores them.
 
     Config values: ``defaults`` < the config dict (or the checkpoint's config) < ``overrides``.
     A ``config`` backbone takes ``vocab_size``/``pad_token_id`` and ``tokenizer_fields`` (config
@@ -106,6 +109,7 @@ def _build(
             trust_remote_code=backbone.trust_remote_code,
             **defaults,
             **overrides,
+            **(load_kwargs or {}),
         )
     except OSError as err:
         raise SsmloraError(
@@ -123,6 +127,7 @@ def build_classifier(
     problem_type: str,
     vocab_size: int | None = None,
     pad_token_id: int | None = None,
+    load_kwargs: dict | None = None,
 ) -> PreTrainedModel:
     """A ``*ForSequenceClassification`` model with ``num_labels`` outputs (Mamba backbones:
     :class:`SSMForSequenceClassification`).
@@ -135,10 +140,11 @@ def build_classifier(
         # kernels, when present, take precedence in training).
         defaults = {"use_mambapy": True} if is_mambapy_available() else {}
         return _build(AutoModel, backbone, vocab_size, pad_token_id, defaults, labels,
-                      wrap=SSMForSequenceClassification)  # fmt: skip
+                      wrap=SSMForSequenceClassification, load_kwargs=load_kwargs)  # fmt: skip
     return _build(
-        AutoModelForSequenceClassification, backbone, vocab_size, pad_token_id, overrides=labels
-    )
+        AutoModelForSequenceClassification, backbone, vocab_size, pad_token_id, overrides=labels,
+        load_kwargs=load_kwargs,
+    )  # fmt: skip
 
 
 SSM_MODEL_TYPES = ("mamba", "mamba2")
@@ -217,6 +223,7 @@ def build_causal_lm(
     vocab_size: int | None = None,
     pad_token_id: int | None = None,
     special_tokens: dict[str, int | None] | None = None,
+    load_kwargs: dict | None = None,
 ) -> PreTrainedModel:
     """A ``*ForCausalLM`` model (its own LM head, frozen like the rest of the backbone).
 
@@ -229,8 +236,9 @@ def build_causal_lm(
     """
     special_tokens = special_tokens or {}
     model = _build(
-        AutoModelForCausalLM, backbone, vocab_size, pad_token_id, tokenizer_fields=special_tokens
-    )
+        AutoModelForCausalLM, backbone, vocab_size, pad_token_id, tokenizer_fields=special_tokens,
+        load_kwargs=load_kwargs,
+    )  # fmt: skip
     if backbone.config is not None:  # generate reads generation_config: keep it in step
         for name in GENERATION_TOKENS:
             setattr(model.generation_config, name, getattr(model.config, name, None))

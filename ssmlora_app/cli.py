@@ -25,11 +25,12 @@ from ssmlora_app.callbacks import (
     NanGuard,
     PredictionWriter,
 )
+from ssmlora_app.data import TaskDataModule
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.export import export, import_adapter
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.report import report
-from ssmlora_app.tasks.datamodule import TaskDataModule
+from ssmlora_app.tasks import Task
 
 LEGACY_KEYS = ("hrm_diagnostics", "ssmlora_diagnostics", "sdt_selection")
 """Callback keys of older versions, still found in runs' saved config.yaml: accepted and ignored
@@ -237,7 +238,9 @@ def extra_commands() -> dict:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``ssmlora`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
-    set_parsing_settings(subclasses_enabled=[AdapterConfig])
+    set_parsing_settings(
+        subclasses_enabled=[AdapterConfig, Task], docstring_parse_attribute_docstrings=True
+    )
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
         commands = extra_commands()

@@ -38,8 +38,9 @@ from ssmlora_app.adapters import (
 )
 from ssmlora_app.adapters.interop import load_foreign_lora
 from ssmlora_app.adapters.io import config_from_record
-from ssmlora_app.backbone import BackboneConfig, build_classifier
+from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.objectives import objective_for
 from ssmlora_app.tasks import TaskInfo, get_task
 
 
@@ -63,11 +64,7 @@ class Rebuilt:
 
 
 def _task_info(fields: dict | None) -> TaskInfo | None:
-    if not fields:
-        return None
-    known = {f.name for f in dataclasses.fields(TaskInfo)}
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
-    return TaskInfo(**fields)
+    return TaskInfo.from_record(fields) if fields else None
 
 
 def _backbone(fields: dict) -> BackboneConfig:
@@ -76,13 +73,8 @@ def _backbone(fields: dict) -> BackboneConfig:
 
 
 def _classifier(backbone: BackboneConfig, info: TaskInfo) -> PreTrainedModel:
-    return build_classifier(
-        backbone,
-        num_labels=info.num_labels,
-        problem_type=info.problem_type,
-        vocab_size=info.vocab_size,
-        pad_token_id=info.pad_token_id,
-    )
+    """The model the run trained: its objective's head, through the one model factory."""
+    return objective_for(info).build_model(backbone)
 
 
 def read_run_hparams(run: str | Path) -> dict:
@@ -181,7 +173,7 @@ def rebuild(
         raise SsmloraError(f"No adapter at {source}.")
     info = None
     if task is not None:
-        from ssmlora_app.tasks.datamodule import TaskDataModule
+        from ssmlora_app.data import TaskDataModule
 
         info = TaskDataModule(task=task, tokenizer=backbone.tokenizer_source).task_info
     else:

@@ -214,7 +214,12 @@ def test_every_hub_config_injects_into_its_backbone_shapes(path):
     spec = config["model"]["adapter"]
     module_name, _, class_name = spec["class_path"].rpartition(".")
     adapter = getattr(importlib.import_module(module_name), class_name)(**spec.get("init_args", {}))
-    task = get_task(config["data"]["task"], config["data"].get("task_args"))
+    task = config["data"]["task"]
+    if isinstance(task, dict):  # the class form: {class_path, init_args}
+        module_name, _, class_name = task["class_path"].rpartition(".")
+        task = getattr(importlib.import_module(module_name), class_name)(**task["init_args"])
+    else:
+        task = get_task(task)
     problem = "regression" if task.is_regression else "single_label_classification"
     with torch.device("meta"):
         if config["data"].get("objective") == "causal_lm":

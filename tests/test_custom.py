@@ -15,10 +15,10 @@ import yaml
 from ssmlora_app.adapters import load_adapter
 from ssmlora_app.backbone import BackboneConfig, build_causal_lm, generation_tokens
 from ssmlora_app.cli import main
+from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.tasks import get_task
-from ssmlora_app.tasks.datamodule import TaskDataModule
-from ssmlora_app.tasks.lm import IGNORE
+from ssmlora_app.objectives.lm_data import IGNORE
+from ssmlora_app.tasks import CustomTask
 from ssmlora_app.tasks.vocab import byte_tokenizer
 from tests.conftest import TINY_ROBERTA
 
@@ -46,7 +46,7 @@ def write(path, rows, fmt=None):
 
 
 def load(args: dict, split: str = "train", data_dir=None):
-    task = get_task("custom", args)
+    task = CustomTask(**args)
     task.check_data_dir(data_dir)
     return task, task.load_split(split, data_dir)
 
@@ -181,9 +181,11 @@ def test_null_texts_are_counted_and_can_be_dropped(tmp_path):
 
 def test_no_train_file_and_bad_task_args_are_named():
     with pytest.raises(SsmloraError, match="train_file"):
-        TaskDataModule(task="custom", task_args={"text_column": "x"})
+        TaskDataModule(task=CustomTask(text_column="x"))
     with pytest.raises(SsmloraError, match="task_type='ner'"):
-        get_task("custom", {"task_type": "ner"})
+        CustomTask(task_type="ner")
+    with pytest.raises(SsmloraError, match=r"data.task: \{class_path: ssmlora_app.tasks.custom"):
+        TaskDataModule(task="custom", task_args={"text_column": "x"})  # the removed form
 
 
 # Causal LM: prompt/completion rows.
@@ -193,7 +195,7 @@ LM_ROWS = [{"prompt": f"Q: {i}+1?\nA:", "completion": f" {i + 1}"} for i in rang
 def test_prompt_completion_loss_on_the_completion_only(tmp_path):
     path = str(write(tmp_path / "sft.jsonl", LM_ROWS))
     args = {"train_file": path, "task_type": "causal_lm", "validation_ratio": 0.25}
-    dm = TaskDataModule(task="custom", task_args=args, objective="causal_lm", max_length=64)
+    dm = TaskDataModule(task=CustomTask(**args), objective="causal_lm", max_length=64)
     assert dm.task_info.metrics == ("token_accuracy", "sequence_accuracy")
     assert dm.task_info.max_new_tokens == 64  # the length of the answers predict writes
     dm.setup("fit")
@@ -207,11 +209,12 @@ def test_prompt_completion_loss_on_the_completion_only(tmp_path):
     # Predict batches bring the prompts to generate from; validation batches stay as they were.
     batch = next(iter(dm.predict_dataloader()[0]))
     val = next(iter(dm.val_dataloader()[0]))
-    assert val.keys() == {"input_ids", "attention_mask", "labels"}
-    assert torch.equal(batch["input_ids"], val["input_ids"])
-    for i, length in enumerate(batch["prompt_lengths"].tolist()):
-        prompt = tok.decode(batch["prompt_ids"][i, :length])
-        target = batch["input_ids"][i, length : length + batch["target_lengths"][i]]
+    assert val.prompts is None and val.choices is None and val.references is None
+    assert torch.equal(batch.input_ids, val.input_ids)
+    prompts = batch.prompts
+    for i, length in enumerate(prompts.lengths.tolist()):
+        prompt = tok.decode(prompts.ids[i, :length])
+        target = batch.input_ids[i, length : length + prompts.target_lengths[i]]
         assert tok.decode(target, skip_special_tokens=True) == original[prompt]
 
 
@@ -219,7 +222,7 @@ def test_the_chat_template_wraps_the_prompt(tmp_path):
     path = str(write(tmp_path / "sft.csv", LM_ROWS))
     args = {"train_file": path, "task_type": "causal_lm", "chat_template": True}
     args.update(system_prompt="Be brief.", validation_ratio=0.25)
-    task = get_task("custom", args)
+    task = CustomTask(**args)
     task.check_data_dir(None)
     ds = task.load_lm_split("train", None)
     tok = task.builtin_tokenizer()
@@ -243,6 +246,11 @@ def test_prompt_column_mapping_errors(tmp_path):
 
 
 # Offline runs through the CLI.
+def custom(fields: dict) -> dict:
+    """``data.task`` as the custom task's class with its fields."""
+    return {"class_path": "ssmlora_app.tasks.CustomTask", "init_args": fields}
+
+
 def _config(tmp_path, data: dict, backbone: dict, adapter: dict | None = None) -> str:
     config = {
         "seed_everything": 0,
@@ -265,8 +273,8 @@ def test_fit_then_predict_writes_the_original_label_strings(tmp_path, caplog):
     rows = [{"text": f"good {i}", "label": "positive"} for i in range(10)]
     rows += [{"text": f"bad {i}", "label": "negative"} for i in range(10)]
     write(tmp_path / "reviews.csv", random.Random(0).sample(rows, 20))
-    data = {"task": "custom", "data_dir": str(tmp_path), "max_length": 16, "batch_size": 4,
-            "task_args": {"train_file": "reviews.csv", "validation_ratio": 0.3, "mcc": True}}  # fmt: skip
+    data = {"task": custom({"train_file": "reviews.csv", "validation_ratio": 0.3, "mcc": True}),
+            "data_dir": str(tmp_path), "max_length": 16, "batch_size": 4}  # fmt: skip
     backbone = {k: v for k, v in TINY_ROBERTA.items() if k not in ("vocab_size", "pad_token_id")}
     backbone["max_position_embeddings"] = 300  # RoBERTa positions start after the pad id (257)
     config = _config(tmp_path, data, backbone)
@@ -290,8 +298,7 @@ def test_fit_then_predict_writes_the_original_label_strings(tmp_path, caplog):
     with pytest.raises(SystemExit):
         main(["predict", "--config", str(run / "config.yaml"),
               "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-              '--data.task_args={"train_file": "reviews.csv", "validation_ratio": 0.3, '
-              '"labels": ["positive", "negative"]}', f"--predictions.output_dir={out}"])  # fmt: skip
+              "--data.task.labels=[positive, negative]", f"--predictions.output_dir={out}"])  # fmt: skip
 
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
@@ -304,9 +311,9 @@ LORA = {"class_path": "ssmlora_app.adapters.LoRAConfig",
 def test_fit_on_a_prompt_completion_jsonl(tmp_path, caplog):
     caplog.set_level("INFO")
     write(tmp_path / "sft.jsonl", LM_ROWS)
-    data = {"task": "custom", "objective": "causal_lm", "max_length": 32, "batch_size": 4,
-            "task_args": {"train_file": str(tmp_path / "sft.jsonl"), "task_type": "causal_lm",
-                          "validation_ratio": 0.25}}  # fmt: skip
+    data = {"task": custom({"train_file": str(tmp_path / "sft.jsonl"), "task_type": "causal_lm",
+                            "validation_ratio": 0.25}),
+            "objective": "causal_lm", "max_length": 32, "batch_size": 4}  # fmt: skip
     main(["fit", "--config", _config(tmp_path, data, TINY_LLAMA, LORA), "--trainer.max_epochs=1"])
     assert "val/token_accuracy = " in caplog.text
     assert (tmp_path / "runs" / "c" / "version_0" / "adapter" / "adapter_config.json").is_file()
@@ -334,7 +341,7 @@ def _predict(config: str, out, *extra: str) -> list[dict]:
 
 
 def _validation_rows(args: dict) -> list[dict]:
-    task = get_task("custom", args)
+    task = CustomTask(**args)
     task.check_data_dir(None)
     return list(task.load_lm_split("validation", None))
 
@@ -346,8 +353,8 @@ def test_predict_writes_the_greedy_completion_of_a_teacher_forced_sft_run(tmp_pa
         "task_type": "causal_lm",
         "validation_ratio": 0.25,
     }  # fmt: skip  (lm_eval: teacher_forced, the default)
-    data = {"task": "custom", "objective": "causal_lm", "max_length": 32, "batch_size": 4,
-            "eval_batch_size": 2, "task_args": args}  # fmt: skip
+    data = {"task": custom(args), "objective": "causal_lm", "max_length": 32, "batch_size": 4,
+            "eval_batch_size": 2}  # fmt: skip
     config = _config(tmp_path, data, TINY_LLAMA, LORA)
     main(["fit", "--config", config, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
           "--model.optimizer.init_args.lr=0.1"])  # fmt: skip
@@ -387,8 +394,8 @@ def test_predict_writes_answers_of_a_generate_task_with_escaped_tsv(tmp_path):
     write(tmp_path / "gen.jsonl", rows)
     args = {"train_file": str(tmp_path / "gen.jsonl"), "task_type": "causal_lm",
             "validation_ratio": 0.25, "lm_eval": "generate", "max_new_tokens": 24}  # fmt: skip
-    data = {"task": "custom", "objective": "causal_lm", "max_length": 64, "batch_size": 4,
-            "eval_batch_size": 2, "task_args": args}  # fmt: skip
+    data = {"task": custom(args), "objective": "causal_lm", "max_length": 64, "batch_size": 4,
+            "eval_batch_size": 2}  # fmt: skip
     config = _config(tmp_path, data, TINY_LLAMA, LORA)
     out = tmp_path / "preds"
     preds = _predict(config, out)  # an untrained adapter (LoRA's B = 0): the backbone answers

@@ -5,11 +5,11 @@ import csv
 import pytest
 import torch
 
+from ssmlora_app.data.datamodule import TaskDataModule
+from ssmlora_app.data.samplers import EpochShuffleSampler, ShardSampler
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks import TASKS, get_task
-from ssmlora_app.tasks.datamodule import TaskDataModule
 from ssmlora_app.tasks.metrics import build_metrics
-from ssmlora_app.tasks.samplers import EpochShuffleSampler, ShardSampler
 
 # One tiny file per task, in the original GLUE layout: (folder, file, header or None, rows).
 LAYOUTS = {
@@ -101,9 +101,9 @@ def test_data_module_tokenises_and_pads_per_batch():
     dm.setup("fit")
     assert len(dm.splits["train"]) == 64
     batch = next(iter(dm.train_dataloader()))
-    lengths = batch["attention_mask"].sum(-1)
-    assert batch["input_ids"].shape[1] == lengths.max() <= 12  # padded to the longest only
-    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+    lengths = batch.inputs["attention_mask"].sum(-1)
+    assert batch.inputs["input_ids"].shape[1] == lengths.max() <= 12  # padded to the longest only
+    assert set(batch.inputs) == {"input_ids", "attention_mask"} and batch.labels.shape == (8,)
     assert 0.3 < dm.majority_baseline() < 0.7
 
 

@@ -9,7 +9,7 @@ from peft import PeftModel
 from ssmlora_app.adapters import load_adapter
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.cli import main
-from ssmlora_app.tasks.datamodule import TaskDataModule
+from ssmlora_app.data.datamodule import TaskDataModule
 
 SMALL_ROBERTA = {
     "model_type": "roberta",
@@ -104,7 +104,7 @@ def test_fit_resume_validate_export_reload(tmp_path, shared_data, task, caplog):
 def _mean_loss(model, data):
     model.eval()
     with torch.no_grad():
-        losses = [model(**batch).loss for batch in data.train_dataloader()]
+        losses = [model(**b.inputs, labels=b.labels).loss for b in data.train_dataloader()]
     return float(torch.stack(losses).mean())
 
 

@@ -13,9 +13,9 @@ from ssmlora_app.adapters import HRMConfig, inject_adapters, load_adapter, save_
 from ssmlora_app.adapters.interop import load_foreign_lora
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.cli import main
+from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.export import read_run_hparams
-from ssmlora_app.tasks.datamodule import TaskDataModule
 from tests.conftest import REPO, TINY_ROBERTA
 from tests.helpers import randomise, tiny_classifier, twin
 
@@ -228,9 +228,9 @@ def test_predict_writes_label_files_that_match_the_model(run, tmp_path):
     data = TaskDataModule(task="quickstart", max_eval_samples=32, eval_batch_size=64)
     data.setup("predict")
     batch = next(iter(data.predict_dataloader()[0]))
-    labels = batch.pop("labels")
+    labels = batch.labels
     with torch.no_grad():
-        expected = model(**batch).logits.argmax(-1).tolist()
+        expected = model(**batch.inputs).logits.argmax(-1).tolist()
     assert [r["prediction"] for r in rows] == expected
     assert [int(line.split("\t")[1]) for line in tsv[1:]] == expected
     assert [r["label"] for r in rows] == labels.tolist()

@@ -15,8 +15,8 @@ from ssmlora_app.adapters import LoRAConfig
 from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.callbacks import NanGuard, NonFiniteLossError
 from ssmlora_app.checkpoint_io import AtomicCheckpointIO
+from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.module import AdapterModule
-from ssmlora_app.tasks.datamodule import TaskDataModule
 from tests.conftest import REPO, TINY_ROBERTA
 
 

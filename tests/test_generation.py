@@ -10,9 +10,10 @@ from torch import nn
 
 from ssmlora_app.adapters import LoRAConfig
 from ssmlora_app.backbone import BackboneConfig, build_causal_lm, generation_tokens
+from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.module import AdapterModule
-from ssmlora_app.tasks.datamodule import TaskDataModule
+from ssmlora_app.tasks import CustomTask
 from ssmlora_app.tasks.vocab import byte_tokenizer
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
@@ -80,13 +81,17 @@ def _module(tmp_path, backbone: dict, max_length: int, **task_args):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = {"train_file": str(path), "task_type": "causal_lm", "context_column": "context",
             "validation_ratio": 0.5, **task_args}  # fmt: skip
-    data = TaskDataModule(task="custom", objective="causal_lm", max_length=max_length,
-                          batch_size=4, task_args=args)  # fmt: skip
+    data = TaskDataModule(task=CustomTask(**args), objective="causal_lm", max_length=max_length,
+                          batch_size=4)  # fmt: skip
     targets = ["c_attn"] if backbone["model_type"] == "gpt2" else ["q_proj", "v_proj"]
     lora = LoRAConfig(r=4, alpha=8, target_modules=targets)
     module = AdapterModule(BackboneConfig(config=backbone), lora, task_info=data.task_info)
     data.setup("validate")
     return module.eval(), data
+
+
+def generate_ids(module: AdapterModule, batch, lengths=None) -> list:
+    return module.objective.generate_ids(module.model, batch.prompts, lengths)
 
 
 def _force_next_token(module: AdapterModule, token: int) -> None:
@@ -100,7 +105,7 @@ def _force_next_token(module: AdapterModule, token: int) -> None:
     model.lm_head = head
 
 
-def _batches(data: TaskDataModule, predict: bool = False) -> list[dict]:
+def _batches(data: TaskDataModule, predict: bool = False) -> list:
     """The validation split in batches of 2 (evaluation batches, or ``predict``'s)."""
     collator = data.predict_collator if predict else data.eval_collator
     rows = list(data.splits["validation"])
@@ -114,10 +119,10 @@ def test_generation_stops_at_the_tokenizers_eos_not_at_byte_2(tmp_path):
     batch = _batches(data)[0]
     _force_next_token(module, 256)
     with torch.no_grad():
-        assert [ids.tolist() for ids in module.generate_ids(batch)] == [[256], [256]]
+        assert [ids.tolist() for ids in generate_ids(module, batch)] == [[256], [256]]
     _force_next_token(module, LLAMA_DEFAULT_EOS)  # byte 0x02 is text: all 8 tokens
     with torch.no_grad():
-        assert [ids.tolist() for ids in module.generate_ids(batch)] == [[2] * 8, [2] * 8]
+        assert [ids.tolist() for ids in generate_ids(module, batch)] == [[2] * 8, [2] * 8]
 
 
 def test_generate_task_with_max_length_at_the_positions_is_accepted_and_fits(tmp_path):
@@ -128,8 +133,8 @@ def test_generate_task_with_max_length_at_the_positions_is_accepted_and_fits(tmp
     totals = []
     for batch in _batches(data):
         with torch.no_grad():
-            outputs = module.generate_ids(batch)
-        totals += [int(p) + len(o) for p, o in zip(batch["prompt_lengths"], outputs, strict=True)]
+            outputs = generate_ids(module, batch)
+        totals += [int(p) + len(o) for p, o in zip(batch.prompts.lengths, outputs, strict=True)]
     assert totals and max(totals) == 32  # the documents were cut: the room is used, not passed
 
 
@@ -139,8 +144,9 @@ def test_teacher_forced_predictions_stay_within_max_length(tmp_path):
     _force_next_token(module, ord("a"))
     for batch in _batches(data, predict=True):
         with torch.no_grad():
-            outputs = module.generate_ids(batch, module.predict_new_tokens(batch))
-        for prompt, out in zip(batch["prompt_lengths"], outputs, strict=True):
+            assert module.task_info.max_new_tokens == 64  # what predict generates
+            outputs = generate_ids(module, batch, [64] * batch.size)
+        for prompt, out in zip(batch.prompts.lengths, outputs, strict=True):
             assert int(prompt) + len(out) == 32
 
 

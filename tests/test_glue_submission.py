@@ -9,12 +9,11 @@ import torch
 import yaml
 
 from ssmlora_app.backbone import BackboneConfig, build_classifier
-from ssmlora_app.callbacks import PredictionWriter
 from ssmlora_app.cli import main
+from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.tasks import get_task
+from ssmlora_app.tasks import WordProblemTask, get_task
 from ssmlora_app.tasks.base import INDEX_COLUMN, UNLABELLED
-from ssmlora_app.tasks.datamodule import TaskDataModule
 from ssmlora_app.tasks.vocab import byte_tokenizer
 from tests.test_data import LAYOUTS, write_glue
 
@@ -177,11 +176,12 @@ def test_unlabelled_batches_carry_no_labels_and_dev_predictions_keep_theirs(tmp_
     test.setup("predict")
     assert test.predict_split_names() == ["test"]
     batch = next(iter(test.predict_dataloader()[0]))
-    assert "labels" not in batch and INDEX_COLUMN not in batch and len(batch["input_ids"]) == 5
+    assert batch.labels is None and INDEX_COLUMN not in batch.inputs
+    assert len(batch.inputs["input_ids"]) == 5
     dev = TaskDataModule(task="rte", data_dir=str(tmp_path), tokenizer=str(tokenizer))
     dev.setup("predict")
     assert dev.predict_split_names() == ["validation"]
-    assert next(iter(dev.predict_dataloader()[0]))["labels"].tolist() == [1, 0]
+    assert next(iter(dev.predict_dataloader()[0])).labels.tolist() == [1, 0]
 
 
 def test_missing_test_files_are_named_with_the_fix(tmp_path, tokenizer_dir, capsys):
@@ -252,14 +252,13 @@ def test_tasks_with_a_held_out_test_split_predict_it_under_its_own_name():
     """Not GLUE: ``predict_splits: test`` serves the labelled splits ``ssmlora test`` evaluates,
     and their files keep the task's own names (no GLUE submission name)."""
     args = {"train_length": 6, "eval_lengths": [10], "train_size": 8, "eval_size": 4}
-    data = TaskDataModule(task="word_problem", task_args=args, predict_splits="test")
+    data = TaskDataModule(task=WordProblemTask(**args), predict_splits="test")
     assert data.predict_split_names() == data.eval_split_names("test") == ["test", "test_len10"]
     data.setup("predict")
-    assert "labels" in next(iter(data.predict_dataloader()[0]))
-    writer = PredictionWriter()
-    assert writer._tsv_name(data.task, "test") == "word_problem_test.tsv"
-    assert writer._tsv_name(get_task("sst2"), "test") == "SST-2.tsv"
+    assert next(iter(data.predict_dataloader()[0])).labels is not None
+    assert data.task.prediction_file("test") == "word_problem_test.tsv"
+    assert get_task("sst2").prediction_file("test") == "SST-2.tsv"
     # dev predictions never take (and overwrite) a submission file's name
-    assert writer._tsv_name(get_task("sst2"), "validation") == "SST-2_validation.tsv"
-    assert writer._tsv_name(get_task("mnli"), "validation_matched") == "MNLI_validation_matched.tsv"
-    assert writer._tsv_name(get_task("quickstart"), "validation") == "quickstart.tsv"
+    assert get_task("sst2").prediction_file("validation") == "SST-2_validation.tsv"
+    assert get_task("mnli").prediction_file("validation_matched") == "MNLI_validation_matched.tsv"
+    assert get_task("quickstart").prediction_file("validation") == "quickstart.tsv"

@@ -10,9 +10,9 @@ import yaml
 
 from ssmlora_app.backbone import BackboneConfig, build_causal_lm, generation_tokens
 from ssmlora_app.cli import main
-from ssmlora_app.tasks import get_task
-from ssmlora_app.tasks.datamodule import TaskDataModule
-from ssmlora_app.tasks.lm import IGNORE
+from ssmlora_app.data.datamodule import TaskDataModule
+from ssmlora_app.objectives.lm_data import IGNORE
+from ssmlora_app.tasks import WordProblemTask
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny"
@@ -52,10 +52,9 @@ def run(tmp_path, config: str, *extra: str) -> dict:
 
 
 def test_dfa_state_tracking_fit_validate_at_longer_lengths(tmp_path):
-    args = json.dumps({"train_length": 8, "eval_lengths": [16], "train_size": 192, "eval_size": 32})
-    metrics = run(
-        tmp_path, "llama_dfa_hrm.yaml", f"--data.task_args={args}", "--trainer.max_epochs=1"
-    )
+    fields = ["--data.task.train_length=8", "--data.task.eval_lengths=[16]",
+              "--data.task.train_size=192", "--data.task.eval_size=32"]  # fmt: skip
+    metrics = run(tmp_path, "llama_dfa_hrm.yaml", *fields, "--trainer.max_epochs=1")
     assert {"val/token_accuracy", "val_len16/token_accuracy", "val/loss"} <= metrics.keys()
     assert all(0 <= metrics[k] <= 1 for k in metrics if k.endswith("accuracy"))
 
@@ -113,7 +112,7 @@ def test_byte_lm_fit_validate_reports_bits_per_byte(tmp_path):
         tmp_path,
         "llama_bytes_hrm.yaml",
         f"--data.data_dir={corpus}",
-        "--data.task_args={window: 128}",
+        "--data.task.window=128",
         "--data.max_length=128",
         "--model.optimizer.init_args.lr=0.03",
     )
@@ -187,9 +186,10 @@ def test_predict_teacher_forced_task_writes_as_many_tokens_as_the_target(tmp_pat
     """A word problem: no references and max_new_tokens 0, so each answer is as long as its
     target (the running products); one file per evaluation split."""
     args = {"train_length": 6, "eval_lengths": [10], "train_size": 8, "eval_size": 4}
-    out = predict(tmp_path, "llama_quality_lora.yaml", "--data.task=word_problem",
-                  f"--data.task_args={json.dumps(args)}", "--data.max_length=32")  # fmt: skip
-    task = get_task("word_problem", args)
+    fields = [f"--data.task.{k}={json.dumps(v)}" for k, v in args.items()]  # typed from text
+    out = predict(tmp_path, "llama_quality_lora.yaml", "--data.task=WordProblemTask", *fields,
+                  "--data.max_length=32")  # fmt: skip
+    task = WordProblemTask(**args)
     tokenizer = task.builtin_tokenizer()
     config = yaml.safe_load((TINY / "llama_quality_lora.yaml").read_text())
     backbone = BackboneConfig(config=config["model"]["backbone"]["config"])

@@ -6,9 +6,16 @@ import random
 
 import pytest
 
+from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.tasks import get_task
-from ssmlora_app.tasks.datamodule import TaskDataModule
+from ssmlora_app.tasks import (
+    ByteLMTask,
+    DFATask,
+    NarrativeQATask,
+    ParityTask,
+    WordProblemTask,
+    get_task,
+)
 from ssmlora_app.tasks.state_tracking import (
     compose,
     group_elements,
@@ -50,7 +57,7 @@ def test_quality_rows_parse_question_and_options(shared_data):
 
 def test_leval_layout_for_narrativeqa_and_bad_folder(shared_data, tmp_path):
     leval = shared_data / "longctx" / "leval"
-    task = get_task("narrativeqa", {"file": "open-ended/natural_question.jsonl"})
+    task = NarrativeQATask(file="open-ended/natural_question.jsonl")
     ds = task.load_lm_split("validation", str(leval))
     assert len(ds) > 0 and all(r["references"] for r in ds)
     with pytest.raises(SsmloraError, match=r"narrative_qa\.jsonl"):
@@ -89,7 +96,7 @@ def test_hand_made_automaton():
 
 
 def test_dfa_token_layout_and_known_answer():
-    task = get_task("dfa", {"n_states": 4, "train_length": 12, "train_size": 20, "eval_size": 5})
+    task = DFATask(n_states=4, train_length=12, train_size=20, eval_size=5)
     tok = task.builtin_tokenizer()
     n = 4
     assert tok.convert_tokens_to_ids(["0", "3", "|", "a", "b", "?"]) == [
@@ -110,11 +117,11 @@ def test_dfa_token_layout_and_known_answer():
 
 def test_generators_are_seeded_and_splits_differ():
     args = {"train_length": 8, "eval_lengths": [16], "train_size": 30, "eval_size": 10}
-    task = get_task("parity", args)
+    task = ParityTask(**args)
     assert task.eval_splits == ("validation", "validation_len16")
-    assert task.examples("train") == get_task("parity", args).examples("train")
+    assert task.examples("train") == ParityTask(**args).examples("train")
     assert task.examples("validation") != task.examples("test")
-    assert task.examples("train") != get_task("parity", {**args, "seed": 1}).examples("train")
+    assert task.examples("train") != ParityTask(**{**args, "seed": 1}).examples("train")
     long = task.examples("validation_len16")
     assert all(len(p) == 17 and len(t) == 16 for p, t, _ in long)
     for prompt, target, parity in task.examples("validation"):
@@ -130,12 +137,10 @@ def test_groups():
     assert [x[0] for x in running_products("Z", 7, [(3,), (5,), (6,)])] == [3, 1, 0]
     swap, cycle = (1, 0, 2), (1, 2, 0)
     assert running_products("S", 3, [swap, cycle])[-1] == (2, 1, 0)  # (p·g)[i] = g[p[i]]
-    task = get_task("word_problem", {"group": "Z", "n": 5, "train_length": 6, "train_size": 5})
+    task = WordProblemTask(group="Z", n=5, train_length=6, train_size=5)
     for prompt, target, _final in task.examples("train"):
         values = [int(w[1:]) for w in prompt[:-1]]
         assert [int(w[1:]) for w in target] == [sum(values[: i + 1]) % 5 for i in range(6)]
-    with pytest.raises(SsmloraError, match="does not take"):
-        get_task("word_problem", {"colour": "red"})
 
 
 def write_jsonl(path, rows):
@@ -177,7 +182,7 @@ def test_superglue_local_original_format(tmp_path):
 def test_byte_lm_windows(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(bytes(range(256)) * 4)  # 1024 bytes -> 16 windows of 64
-    task = get_task("byte_lm", {"window": 64, "fractions": [0.5, 0.25, 0.25]})
+    task = ByteLMTask(window=64, fractions=(0.5, 0.25, 0.25))
     parts = {s: task.windows(s, str(corpus)) for s in SPLITS}
     assert [len(parts[s]) for s in SPLITS] == [8, 4, 4]
     assert all(len(w) == 64 for s in SPLITS for w in parts[s])
@@ -186,7 +191,7 @@ def test_byte_lm_windows(tmp_path):
     assert flat == list(bytes(range(256)) * 4)  # contiguous, no overlap, file order
     assert len(task.builtin_tokenizer()) == 256
     with pytest.raises(SsmloraError, match="no validation window"):
-        get_task("byte_lm", {"window": 512}).windows("validation", str(corpus))
+        ByteLMTask(window=512).windows("validation", str(corpus))
 
 
 def _answer(idx, text, label):
@@ -247,6 +252,6 @@ def test_multirc_evaluation_batches_carry_the_group_ids(tmp_path, objective):
     assert data.task_info.grouped
     data.setup("validate")
     batches = list(data.val_dataloader()[0])
-    assert [b["group"].tolist() for b in batches] == [[0, 0, 1], [2]]  # question 2 in batch 2
-    labels = "labels" if objective == "classification" else "choice_label"
-    assert [b[labels].tolist() for b in batches] == [[1, 0, 0], [1]]
+    assert [b.groups.tolist() for b in batches] == [[0, 0, 1], [2]]  # question 2 in batch 2
+    labels = "labels" if objective == "classification" else "gold"
+    assert [getattr(b, labels).tolist() for b in batches] == [[1, 0, 0], [1]]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.tasks.lm import CausalLMCollator, LMFormat, cut_document, encode_lm_example
+from ssmlora_app.objectives.lm_data import LMCollator, LMFormat, cut_document, encode_lm_example
 from ssmlora_app.tasks.metrics import (
     RougeF,
     TeacherForced,
@@ -72,7 +72,7 @@ def test_too_long_prompt_is_a_clear_error():
 
 def test_generation_target_room_and_eos():
     tok = byte_tokenizer()
-    fmt = LMFormat(max_length=32, lm_eval="generate", max_new_tokens=8)
+    fmt = LMFormat(max_length=32, answer_room=8)
     out = encode_lm_example(row("d" * 100, " Q?", " a long summary"), tok, fmt)
     target = [x for x in out["labels"] if x != -100]
     assert target == list(b" a long ")  # cut at max_new_tokens (EOS falls off)
@@ -89,13 +89,16 @@ def test_collator_pads_right_and_masks():
     ]
     for r, label in zip(rows, [1, 0], strict=True):
         r["label"] = label
-    batch = CausalLMCollator(tok.pad_token_id, "choice", train=False)(rows)
-    assert batch["input_ids"].shape == batch["labels"].shape == (2, 9)
-    assert batch["attention_mask"].sum(1).tolist() == [5, 9]
-    assert batch["input_ids"][0, 5:].eq(tok.pad_token_id).all()
-    assert batch["labels"][0, 5:].eq(-100).all()
-    assert batch["choice_input_ids"].shape[0] == 4 and batch["num_choices"].tolist() == [2, 2]
-    assert batch["choice_label"].tolist() == [1, 0]
+    batch = LMCollator(tok.pad_token_id, choices=True)(rows)
+    assert batch.input_ids.shape == batch.labels.shape == (2, 9)
+    assert batch.attention_mask.sum(1).tolist() == [5, 9]
+    assert batch.input_ids[0, 5:].eq(tok.pad_token_id).all()
+    assert batch.labels[0, 5:].eq(-100).all()
+    choices = batch.choices
+    assert choices.input_ids.shape[0] == 4 and choices.num_choices.tolist() == [2, 2]
+    assert choices.attention_mask.sum(1).tolist() == [5, 5, 9, 9]  # context + option
+    assert batch.gold.tolist() == [1, 0]
+    assert batch.prompts is None and batch.references is None  # what choice does not read
 
 
 def test_token_f1_hand_computed():

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Protocol
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from ssmlora_app.errors import SsmloraError
+
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """Facts about the task and tokenizer that the model needs; flows data -> model."""
+    """Facts about the task, its objective and the tokenizer that the model needs; flows from the
+    data module to the model (a CLI link), and is saved with every run and checkpoint."""
 
     task: str
+    """The task's name (runs, reports and prediction files are named after it)."""
     num_labels: int
     """Number of classes; 1 for regression."""
     problem_type: str
@@ -30,84 +34,119 @@ class TaskInfo:
     """The tokenizer's EOS id (None: it has none), where generation stops; a causal LM built from a
     config takes it (a pretrained one keeps its own, with a warning when they differ)."""
     objective: str = "classification"
-    """``classification`` (a sequence-classification head) or ``causal_lm`` (the LM head, loss on
-    the target tokens only)."""
-    lm_eval: str = "choice"
-    """Causal-LM evaluation: ``choice`` (log-likelihood of each answer option, arg-max),
-    ``generate`` (greedy decoding, then a text metric) or ``teacher_forced`` (arg-max and
-    log-likelihood of the target tokens: state tracking, bits per byte)."""
+    """The registered objective (:mod:`ssmlora_app.objectives`): ``classification``,
+    ``lm_choice``, ``lm_generate`` or ``lm_teacher_forced``."""
     max_new_tokens: int = 0
-    """Generation length for ``lm_eval: generate`` (also the room kept for the target), and for
-    ``ssmlora predict`` under ``teacher_forced`` (within ``max_length``; 0: as many tokens as the
-    reference has). 0 under ``choice``."""
+    """Generation length of a generating objective (also the room kept for the target), and of
+    ``ssmlora predict`` under teacher forcing (within ``max_length``; 0: as many tokens as the
+    reference has). 0 for the others."""
     label_names: tuple[str, ...] | None = None
     """Class names in class-id order (predictions are written with them; exported adapters and
     merged models keep them); None when the classes are plain ids."""
     max_length: int | None = None
     """Longest input in tokens (``data.max_length``), checked against the backbone's positions."""
+    truncation: str = "middle"
+    """How a too-long causal-LM document is shortened (``data.truncation``)."""
     grouped: bool = False
     """The examples come in groups scored together (MultiRC: the answer options of one question):
     evaluation batches carry their ids under :data:`GROUP_COLUMN`, and ``exact_match`` is the
     fraction of groups whose examples are all right (see :mod:`ssmlora_app.tasks.metrics`)."""
 
+    def to_record(self) -> dict:
+        """Plain values (lists for tuples) for hyperparameter files and checkpoints."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
-class Task(Protocol):
-    """A text (pair) classification or regression task.
+    @classmethod
+    def from_record(cls, fields: dict) -> TaskInfo:
+        """The info saved by :meth:`to_record` (or by an older version: its ``objective:
+        causal_lm`` + ``lm_eval: X`` is the objective ``lm_X``; unknown fields are dropped)."""
+        fields = dict(fields)
+        lm_eval = fields.pop("lm_eval", None)
+        if fields.get("objective") == "causal_lm":
+            fields["objective"] = f"lm_{lm_eval or 'choice'}"
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
+        )
+
+
+class Task:
+    """What a task provides to the data module; its optional capabilities are declared here with
+    their defaults (a subclass overrides what it offers).
 
     ``load_split`` returns a dataset with columns ``text_a`` (str), ``text_b`` (str or None) and
-    ``label`` (int class id, or float for regression); a task with ``grouped = True`` (optional,
-    default False) adds ``group`` (int, see :data:`GROUP_COLUMN`).
-
-    A task whose test splits have no labels (GLUE) may offer ``submission_splits(data_dir)``:
-    the names of those splits, which ``data.predict_splits: test`` predicts; ``load_split`` gives
-    them with the label :data:`UNLABELLED` and each row's own index under :data:`INDEX_COLUMN`.
-    """
-
-    name: str
-    num_labels: int
-    metrics: tuple[str, ...]
-    eval_splits: tuple[str, ...]
-
-    @property
-    def is_regression(self) -> bool: ...
-
-    def check_data_dir(self, data_dir: str | None) -> None:
-        """Raise :class:`SsmloraError` now if ``data_dir`` lacks the task's files."""
-
-    def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset: ...
-
-    def builtin_tokenizer(self) -> PreTrainedTokenizerBase | None:
-        """A tokenizer the task brings itself (synthetic tasks), or None."""
-
-
-class LMTask(Protocol):
-    """A task served to a causal LM (``objective: causal_lm``), besides or instead of
-    classification. A task states what it supports in ``objectives`` (first: its default).
-
-    ``load_lm_split`` returns a dataset with the columns of :data:`LM_COLUMNS`:
+    ``label`` (int class id, or float for regression); a ``grouped`` task adds ``group`` (int,
+    see :data:`GROUP_COLUMN`). A task learned as a causal LM (``"causal_lm" in objectives``)
+    returns from ``load_lm_split`` the columns of :data:`LM_COLUMNS`:
 
     - ``document`` (str): the long context; the only part truncation may cut (see
-      :mod:`ssmlora_app.tasks.lm`); "" when there is none.
+      :mod:`ssmlora_app.objectives.lm_data`); "" when there is none.
     - ``prompt`` (str): the question, the answer options and the answer cue; never cut.
     - ``target`` (str): what the model learns to write (the gold option's text for ``choice``).
     - ``choices`` (list[str]): options scored by log-likelihood (``choice``), else [].
     - ``label`` (int): index of the gold option, -1 without options.
     - ``references`` (list[str]): reference answers for the generation metrics, else [].
     - ``target_ids`` (list[int]): optional; token ids used instead of ``target`` (byte LM).
-    - ``group`` (int): a grouped task's group id (see :data:`GROUP_COLUMN`).
     """
 
     name: str
-    objectives: tuple[str, ...]
-    lm_eval: str
-    lm_metrics: tuple[str, ...]
-    """Metric names under ``causal_lm`` (``metrics`` stays the classification ones)."""
-    max_new_tokens: int
-    """Default generation length for ``lm_eval: generate``, and for ``ssmlora predict`` under
-    ``teacher_forced`` (0: as many tokens as each target has)."""
-    eval_splits: tuple[str, ...]
+    num_labels: int
+    metrics: tuple[str, ...]
+    """Metric names under ``classification`` (the first is the headline)."""
+    eval_splits: tuple[str, ...] = ("validation",)
 
-    def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset: ...
+    objectives: tuple[str, ...] = ("classification",)
+    """The objective families the task supports (``data.objective``); the first is its default."""
+    lm_eval: str = "choice"
+    """How the task is evaluated as a causal LM: ``choice``, ``generate`` or ``teacher_forced``."""
+    lm_metrics: tuple[str, ...] = ()
+    """Metric names under ``causal_lm``."""
+    max_new_tokens: int = 0
+    """Default generation length (``generate``; ``ssmlora predict`` under ``teacher_forced``)."""
+    test_split: bool = False
+    """``test`` evaluates a held-out split of its own (not the evaluation splits)."""
+    grouped: bool = False
+    """The examples come in groups (see :attr:`TaskInfo.grouped`)."""
+    label_names: tuple[str, ...] | None = None
+    """Class names in class-id order, when the task has them."""
+    submission: bool = False
+    """The task has unlabelled test splits for a benchmark submission (:meth:`submission_splits`)."""
+
+    @property
+    def is_regression(self) -> bool:
+        return False
+
+    def check_data_dir(self, data_dir: str | None) -> None:
+        """Raise :class:`SsmloraError` now if ``data_dir`` lacks the task's files."""
+
+    def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        raise SsmloraError(f"{self.name} is a causal-LM task: use data.objective causal_lm.")
+
+    def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        raise SsmloraError(f"{self.name} has no causal-LM form: use data.objective classification.")
+
+    def render_lm(
+        self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
+    ) -> datasets.Dataset:
+        """Tokenizer-dependent formatting of the causal-LM rows (a chat template); default none."""
+        return ds
+
+    def builtin_tokenizer(self) -> PreTrainedTokenizerBase | None:
+        """A tokenizer the task brings itself (synthetic tasks), or None."""
+        return None
+
+    def submission_splits(self, data_dir: str | None) -> tuple[str, ...] | None:
+        """Unlabelled test splits that ``data.predict_splits: test`` predicts (a benchmark
+        submission, GLUE); None when the task has none. ``load_split`` gives them with the label
+        :data:`UNLABELLED` and each row's own index under :data:`INDEX_COLUMN`."""
+        return None
+
+    def prediction_file(self, split: str) -> str:
+        """The TSV ``ssmlora predict`` writes for ``split``: ``<name>.tsv`` for ``validation``,
+        ``<name>_<split>.tsv`` for the others."""
+        return f"{self.name}.tsv" if split == "validation" else f"{self.name}_{split}.tsv"
 
 
 LM_COLUMNS = ("document", "prompt", "target", "choices", "label", "references")

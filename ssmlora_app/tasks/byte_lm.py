@@ -17,14 +17,15 @@ import datasets
 from transformers import PreTrainedTokenizerFast
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tasks.base import Task
+from ssmlora_app.tasks.registry import register_task
 from ssmlora_app.tasks.vocab import byte_tokenizer
 
 
 @dataclass(frozen=True)
-class ByteLMTask:
+class ByteLMTask(Task):
     """Next-byte prediction on windows of a local corpus."""
 
-    name: str = "byte_lm"
     file: str | None = None
     """A text file or a folder (its ``*.txt`` files, sorted, concatenated); relative to
     ``data.data_dir`` when that is set. Null: ``data.data_dir`` itself."""
@@ -33,18 +34,13 @@ class ByteLMTask:
     fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
     """Train/validation/test shares of the windows, in file order."""
 
+    name: ClassVar[str] = "byte_lm"
     objectives: ClassVar[tuple[str, ...]] = ("causal_lm",)
     lm_eval: ClassVar[str] = "teacher_forced"
     lm_metrics: ClassVar[tuple[str, ...]] = ("bits_per_byte", "token_accuracy")
     metrics: ClassVar[tuple[str, ...]] = lm_metrics
-    max_new_tokens: ClassVar[int] = 0
     num_labels: ClassVar[int] = 256
-    eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
     test_split: ClassVar[bool] = True
-
-    @property
-    def is_regression(self) -> bool:
-        return False
 
     def source(self, data_dir: str | None) -> Path | None:
         if self.file is None:
@@ -57,10 +53,10 @@ class ByteLMTask:
         if path is None or not path.exists():
             raise SsmloraError(
                 f"{self.name} needs a text corpus: set data.data_dir (a file or a folder of .txt "
-                f"files) or data.task_args.file; {path} does not exist."
+                f"files) or data.task.file; {path} does not exist."
             )
         if self.window < 2:
-            raise SsmloraError(f"{self.name}: task_args.window must be at least 2 bytes.")
+            raise SsmloraError(f"{self.name}: data.task.window must be at least 2 bytes.")
 
     def corpus(self, data_dir: str | None) -> bytes:
         path = self.source(data_dir)
@@ -79,7 +75,7 @@ class ByteLMTask:
         if stop <= start:
             raise SsmloraError(
                 f"{self.name}: the corpus ({len(data)} bytes) gives no {split} window of "
-                f"{self.window} bytes; use a bigger corpus or a smaller task_args.window."
+                f"{self.window} bytes; use a bigger corpus or a smaller data.task.window."
             )
         return [list(data[i * self.window : (i + 1) * self.window]) for i in range(start, stop)]
 
@@ -99,10 +95,8 @@ class ByteLMTask:
         ]
         return datasets.Dataset.from_list(rows)
 
-    def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
-        raise SsmloraError(
-            f"{self.name} is a language-modelling task: use data.objective causal_lm."
-        )
-
     def builtin_tokenizer(self) -> PreTrainedTokenizerFast:
         return byte_tokenizer(specials=False)
+
+
+register_task("byte_lm", ByteLMTask)

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import datasets
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.tasks.base import INDEX_COLUMN, UNLABELLED
+from ssmlora_app.tasks.base import INDEX_COLUMN, UNLABELLED, Task
+from ssmlora_app.tasks.registry import register_task
 
 HUB_ID = "nyu-mll/glue"
 
@@ -38,10 +41,9 @@ TEST_INDEX_COLUMNS = ("index", "id")
 
 
 @dataclass(frozen=True)
-class GlueTask:
-    """One GLUE task: hub fields, local TSV layout, labels and metrics."""
+class GlueSpec:
+    """The fixed facts of one GLUE task: hub fields, local TSV layout, labels and metrics."""
 
-    name: str
     folder: str
     """Folder name in the original GLUE layout (``SST-2``)."""
     hub_keys: tuple[str, str | None]
@@ -56,9 +58,81 @@ class GlueTask:
     tsv_columns: tuple[str, ...] | None = None
     """Column names of a TSV without header (CoLA); None when the file has a header."""
 
+
+_NLI2 = ("entailment", "not_entailment")
+GLUE_SPECS: dict[str, GlueSpec] = {
+    "cola": GlueSpec("CoLA", ("sentence", None), ("sentence", None, "label"), None, 2,
+                     ("mcc", "accuracy"), tsv_columns=("source", "label", "mark", "sentence")),
+    "sst2": GlueSpec("SST-2", ("sentence", None), ("sentence", None, "label"), None, 2,
+                     ("accuracy",)),
+    "mrpc": GlueSpec("MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String", "Quality"),
+                     None, 2, ("accuracy", "f1")),
+    "qqp": GlueSpec("QQP", ("question1", "question2"),
+                    ("question1", "question2", "is_duplicate"), None, 2, ("accuracy", "f1")),
+    "stsb": GlueSpec("STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2", "score"),
+                     None, 1, ("pearson", "spearman", "mse")),
+    "mnli": GlueSpec("MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2", "gold_label"),
+                     ("entailment", "neutral", "contradiction"), 3, ("accuracy",),
+                     eval_splits=("validation_matched", "validation_mismatched")),
+    "qnli": GlueSpec("QNLI", ("question", "sentence"), ("question", "sentence", "label"), _NLI2,
+                     2, ("accuracy",)),
+    "rte": GlueSpec("RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2", "label"), _NLI2,
+                    2, ("accuracy",)),
+    "wnli": GlueSpec("WNLI", ("sentence1", "sentence2"), ("sentence1", "sentence2", "label"),
+                     None, 2, ("accuracy",)),
+}  # fmt: skip
+"""The nine GLUE tasks by name (``run_glue.py``'s names)."""
+
+GlueName = Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
+
+
+@dataclass(frozen=True)
+class GlueTask(Task):
+    """One GLUE task, from the hub (``nyu-mll/glue``) or a local folder in the original TSV
+    layout (``data.data_dir``: the GLUE root or the task's folder). Short form: the name alone
+    (``data.task: sst2``)."""
+
+    name: GlueName = "sst2"
+    """Which GLUE task."""
+
+    submission: ClassVar[bool] = True
+
+    @property
+    def spec(self) -> GlueSpec:
+        return GLUE_SPECS[self.name]
+
+    @property
+    def folder(self) -> str:
+        return self.spec.folder
+
+    @property
+    def num_labels(self) -> int:
+        return self.spec.num_labels
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.spec.metrics
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        return self.spec.eval_splits
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        return self.spec.label_names
+
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+    def prediction_file(self, split: str) -> str:
+        """GLUE's submission names (``SST-2.tsv``, ``MNLI-m.tsv``, ``AX.tsv``) for its unlabelled
+        test splits only, so dev predictions never pass for (or overwrite) a submission file:
+        dev splits are ``<folder>_<split>.tsv`` (``SST-2_validation.tsv``)."""
+        if split == AX_SPLIT:
+            return "AX.tsv"
+        suffixes = {"test": "", "test_matched": "-m", "test_mismatched": "-mm"}
+        return f"{self.folder}{suffixes.get(split, f'_{split}')}.tsv"
 
     @property
     def test_splits(self) -> tuple[str, ...]:
@@ -145,7 +219,7 @@ class GlueTask:
             return self._load_test(split, data_dir)
         if data_dir is None:
             ds = datasets.load_dataset(HUB_ID, self.name, split=split)
-            a, b = self.hub_keys
+            a, b = self.spec.hub_keys
             return ds.map(
                 lambda ex: {"text_a": ex[a], "text_b": ex[b] if b else None, "label": ex["label"]},
                 remove_columns=ds.column_names,
@@ -154,7 +228,7 @@ class GlueTask:
         path = self.task_dir(data_dir) / self.local_files()[split]
         if not path.is_file():
             raise SsmloraError(f"{self.name}: no file {path} for split {split!r}.")
-        a, b, label = self.tsv_keys
+        a, b, label = self.spec.tsv_keys
         return self._read_tsv(
             path,
             split,
@@ -166,7 +240,7 @@ class GlueTask:
             },
             self.features(),
             "the original GLUE TSV",
-            column_names=self.tsv_columns,
+            column_names=self.spec.tsv_columns,
         )
 
     def _read_tsv(
@@ -208,7 +282,7 @@ class GlueTask:
                 ds = datasets.load_dataset(HUB_ID, "ax", split="test")
             else:
                 ds = datasets.load_dataset(HUB_ID, self.name, split=split)
-            a, b = self.hub_keys
+            a, b = self.spec.hub_keys
             return ds.map(
                 lambda ex: {
                     "text_a": ex[a],
@@ -222,7 +296,7 @@ class GlueTask:
         path = self.ax_file(data_dir) if split == AX_SPLIT else self.test_files(data_dir)[split]
         if path is None or not path.is_file():
             raise SsmloraError(f"{self.name}: no file {path} for split {split!r}.")
-        a, b, _ = self.tsv_keys  # the test files name their text columns as train/dev do
+        a, b, _ = self.spec.tsv_keys  # the test files name their text columns as train/dev do
         with open(path, encoding="utf-8-sig") as handle:
             header = handle.readline().rstrip("\r\n").split("\t")
         index = next((c for c in TEST_INDEX_COLUMNS if c in header), None)
@@ -266,90 +340,6 @@ class GlueTask:
             features[INDEX_COLUMN] = datasets.Value("int64")
         return datasets.Features(features)
 
-    def builtin_tokenizer(self):
-        return None
 
-
-_NLI2 = ("entailment", "not_entailment")
-GLUE_TASKS: dict[str, GlueTask] = {
-    t.name: t
-    for t in [
-        GlueTask(
-            "cola",
-            "CoLA",
-            ("sentence", None),
-            ("sentence", None, "label"),
-            None,
-            2,
-            ("mcc", "accuracy"),
-            tsv_columns=("source", "label", "mark", "sentence"),
-        ),
-        GlueTask(
-            "sst2", "SST-2", ("sentence", None), ("sentence", None, "label"), None, 2, ("accuracy",)
-        ),
-        GlueTask(
-            "mrpc",
-            "MRPC",
-            ("sentence1", "sentence2"),
-            ("#1 String", "#2 String", "Quality"),
-            None,
-            2,
-            ("accuracy", "f1"),
-        ),
-        GlueTask(
-            "qqp",
-            "QQP",
-            ("question1", "question2"),
-            ("question1", "question2", "is_duplicate"),
-            None,
-            2,
-            ("accuracy", "f1"),
-        ),
-        GlueTask(
-            "stsb",
-            "STS-B",
-            ("sentence1", "sentence2"),
-            ("sentence1", "sentence2", "score"),
-            None,
-            1,
-            ("pearson", "spearman", "mse"),
-        ),
-        GlueTask(
-            "mnli",
-            "MNLI",
-            ("premise", "hypothesis"),
-            ("sentence1", "sentence2", "gold_label"),
-            ("entailment", "neutral", "contradiction"),
-            3,
-            ("accuracy",),
-            eval_splits=("validation_matched", "validation_mismatched"),
-        ),
-        GlueTask(
-            "qnli",
-            "QNLI",
-            ("question", "sentence"),
-            ("question", "sentence", "label"),
-            _NLI2,
-            2,
-            ("accuracy",),
-        ),
-        GlueTask(
-            "rte",
-            "RTE",
-            ("sentence1", "sentence2"),
-            ("sentence1", "sentence2", "label"),
-            _NLI2,
-            2,
-            ("accuracy",),
-        ),
-        GlueTask(
-            "wnli",
-            "WNLI",
-            ("sentence1", "sentence2"),
-            ("sentence1", "sentence2", "label"),
-            None,
-            2,
-            ("accuracy",),
-        ),
-    ]
-}
+for _name in GLUE_SPECS:
+    register_task(_name, partial(GlueTask, _name))

@@ -27,6 +27,8 @@ import datasets
 from transformers import PreTrainedTokenizerFast
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tasks.base import Task
+from ssmlora_app.tasks.registry import register_task
 from ssmlora_app.tasks.vocab import byte_tokenizer
 
 SPLITS = ("train", "validation", "test")
@@ -77,10 +79,9 @@ def in_holdout(key: str, share: float) -> bool:
 
 
 @dataclass(frozen=True)
-class _LongContextTask:
+class _LongContextTask(Task):
     """Fields and split logic shared by the long-context tasks."""
 
-    name: str = ""
     file: str = ""
     """The L-Eval JSONL file, relative to ``data.data_dir`` (the L-Eval data folder), or a path."""
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
@@ -90,13 +91,9 @@ class _LongContextTask:
     hub_validation_share: float = 0.1
     """Hub: share of the official training documents held out as ``validation``."""
 
+    name: ClassVar[str] = ""
     objectives: ClassVar[tuple[str, ...]] = ("causal_lm",)
-    eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
     test_split: ClassVar[bool] = True
-
-    @property
-    def is_regression(self) -> bool:
-        return False
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -112,12 +109,9 @@ class _LongContextTask:
         if data_dir is not None and not self.path(data_dir).is_file():
             raise SsmloraError(
                 f"data.data_dir={data_dir!r} has no {self.file}: give the L-Eval data folder (with "
-                f"{self.file}), the file itself, or data.task_args.file; data.data_dir: null loads "
+                f"{self.file}), the file itself, or data.task.file; data.data_dir: null loads "
                 "the task from the hub."
             )
-
-    def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
-        raise SsmloraError(f"{self.name} is a causal-LM task: use data.objective causal_lm.")
 
     def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
         if split not in SPLITS:
@@ -178,7 +172,7 @@ class QualityTask(_LongContextTask):
     """QuALITY: a long article, a question and four options; the option with the highest
     log-likelihood (its text after ``Answer:``) is the prediction; accuracy."""
 
-    name: str = "quality"
+    name: ClassVar[str] = "quality"
     file: str = "closed-ended/quality.jsonl"
     hub_id: str = "emozilla/quality"
     """Hub dataset (columns article, question, options, answer)."""
@@ -186,7 +180,6 @@ class QualityTask(_LongContextTask):
     lm_eval: ClassVar[str] = "choice"
     lm_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
     num_labels: ClassVar[int] = 4
-    max_new_tokens: ClassVar[int] = 0
 
     def example(self, article: str, question: str, options: list[str], label: int) -> dict:
         choices = [f" {o}" for o in options]
@@ -223,7 +216,7 @@ class QualityTask(_LongContextTask):
 class QMSumTask(_LongContextTask):
     """QMSum: a meeting transcript and a query; greedy summary; ROUGE-1/2/L F-measure."""
 
-    name: str = "qmsum"
+    name: ClassVar[str] = "qmsum"
     file: str = "open-ended/meeting_summ.jsonl"
     hub_id: str = "pszemraj/qmsum-cleaned"
     """Hub dataset (columns input = query, blank line, transcript; output = summary)."""
@@ -258,7 +251,7 @@ class NarrativeQATask(_LongContextTask):
 
     Local files: the L-Eval layout (an ``outputs`` entry may be a list of reference answers)."""
 
-    name: str = "narrativeqa"
+    name: ClassVar[str] = "narrativeqa"
     file: str = "open-ended/narrative_qa.jsonl"
     hub_id: str = "deepmind/narrativeqa"
     """Hub dataset (document.text, question.text, answers[].text)."""
@@ -288,3 +281,8 @@ class NarrativeQATask(_LongContextTask):
             )
             for ex in ds
         ]
+
+
+register_task("quality", QualityTask)
+register_task("qmsum", QMSumTask)
+register_task("narrativeqa", NarrativeQATask)

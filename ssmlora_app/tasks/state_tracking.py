@@ -17,12 +17,14 @@ import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import datasets
 from transformers import PreTrainedTokenizerFast
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tasks.base import Task
+from ssmlora_app.tasks.registry import register_task
 from ssmlora_app.tasks.vocab import word_tokenizer
 
 
@@ -85,10 +87,9 @@ def running_products(group: str, n: int, word: list[tuple[int, ...]]) -> list[tu
 
 # ----------------------------------------------------------------------------- the tasks
 @dataclass(frozen=True)
-class _GeneratedTask:
+class _GeneratedTask(Task):
     """Common fields of the generated tasks (splits, lengths, sizes, seed)."""
 
-    name: str = ""
     train_length: int = 64
     """Sequence length T of the training (and validation/test) examples."""
     eval_lengths: tuple[int, ...] = ()
@@ -100,9 +101,9 @@ class _GeneratedTask:
     seed: int = 0
     """Base seed; each split draws from ``(seed, split, length)``."""
 
+    name: ClassVar[str] = ""
     objectives: ClassVar[tuple[str, ...]] = ("causal_lm", "classification")
     lm_eval: ClassVar[str] = "teacher_forced"
-    max_new_tokens: ClassVar[int] = 0
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
     test_split: ClassVar[bool] = True
     """``test`` evaluates its own draw, not the validation one."""
@@ -110,10 +111,8 @@ class _GeneratedTask:
     def __post_init__(self) -> None:
         if self.train_length <= 0 or any(t <= 0 for t in self.eval_lengths):
             raise SsmloraError(f"{self.name}: lengths must be positive.")
-
-    @property
-    def is_regression(self) -> bool:
-        return False
+        if self.train_size <= 0 or self.eval_size <= 0:
+            raise SsmloraError(f"{self.name}: train_size and eval_size must be positive.")
 
     @property
     def eval_splits(self) -> tuple[str, ...]:
@@ -178,12 +177,12 @@ class DFATask(_GeneratedTask):
     TABLE_SEP | T symbols | QUERY_SEP | final state; loss on the final state only; chance 1/n.
     """
 
-    name: str = "dfa"
+    name: ClassVar[str] = "dfa"
     n_states: int = 4
     """Number of states n."""
     n_symbols: int = 2
     """Alphabet size k (binary in the spec)."""
-    kind: str = "random"
+    kind: Literal["random", "permutation"] = "random"
     """``random`` tables (may absorb) or ``permutation`` automata (each symbol permutes)."""
     lm_metrics: ClassVar[tuple[str, ...]] = ("token_accuracy",)
 
@@ -209,7 +208,7 @@ class ParityTask(_GeneratedTask):
     """Parity: bits ``b_1..b_T`` | SEP | running parities ``p_1..p_T`` (loss on all outputs, or
     on the last only with ``last_only``); classification: the parity of all bits."""
 
-    name: str = "parity"
+    name: ClassVar[str] = "parity"
     last_only: bool = False
     """Target only the final parity."""
     num_labels: ClassVar[int] = 2
@@ -231,8 +230,8 @@ class WordProblemTask(_GeneratedTask):
     SEP, then the running products (or the last only). Element ``i`` is the word ``e{i}`` in
     :func:`group_elements` order."""
 
-    name: str = "word_problem"
-    group: str = "A"
+    name: ClassVar[str] = "word_problem"
+    group: Literal["S", "A", "Z"] = "A"
     """``S`` (symmetric), ``A`` (alternating) or ``Z`` (cyclic)."""
     n: int = 5
     """Degree (S_n, A_n) or order (Z_n)."""
@@ -263,14 +262,13 @@ class WordProblemTask(_GeneratedTask):
 
 
 @dataclass(frozen=True)
-class WordProblemCSVTask:
+class WordProblemCSVTask(Task):
     """Group word problems from a CSV with columns ``seed,input,target`` (space-separated element
     ids; ``target`` the running products), as in ``A5_word_problem/A5=10.csv``.
 
     The rows are shuffled with ``seed`` and cut into train/validation/test by ``fractions``.
     """
 
-    name: str = "word_problem_csv"
     file: str = "A5=10.csv"
     """CSV file name inside ``data.data_dir`` (or a full path)."""
     num_elements: int = 60
@@ -282,21 +280,16 @@ class WordProblemCSVTask:
     last_only: bool = False
     """Target only the final product."""
 
+    name: ClassVar[str] = "word_problem_csv"
     objectives: ClassVar[tuple[str, ...]] = ("causal_lm", "classification")
     lm_eval: ClassVar[str] = "teacher_forced"
-    max_new_tokens: ClassVar[int] = 0
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
     lm_metrics: ClassVar[tuple[str, ...]] = ("token_accuracy", "sequence_accuracy")
-    eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
     test_split: ClassVar[bool] = True
 
     @property
     def num_labels(self) -> int:
         return self.num_elements
-
-    @property
-    def is_regression(self) -> bool:
-        return False
 
     def path(self, data_dir: str | None) -> Path:
         file = Path(self.file)
@@ -363,3 +356,9 @@ class WordProblemCSVTask:
 
     def builtin_tokenizer(self) -> PreTrainedTokenizerFast:
         return word_tokenizer([f"e{i}" for i in range(self.num_elements)] + ["="])
+
+
+register_task("dfa", DFATask)
+register_task("parity", ParityTask)
+register_task("word_problem", WordProblemTask)
+register_task("word_problem_csv", WordProblemCSVTask)

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import datasets
 
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.tasks.base import GROUP_COLUMN
+from ssmlora_app.tasks.base import GROUP_COLUMN, Task
+from ssmlora_app.tasks.registry import register_task
 
 HUB_ID = "aps/super_glue"
 LOCAL_FILES = {"train": "train.jsonl", "validation": "val.jsonl"}
@@ -140,10 +142,9 @@ def lm_example(task: str, r: dict) -> tuple[str, str, list[str]]:
 
 
 @dataclass(frozen=True)
-class SuperGlueTask:
-    """One SuperGLUE task: local folder, hub config, labels and metrics."""
+class SuperGlueSpec:
+    """The fixed facts of one SuperGLUE task."""
 
-    name: str
     key: str
     """Task key: boolq, cb, copa, multirc, rte, wic or wsc."""
     folder: str
@@ -153,18 +154,55 @@ class SuperGlueTask:
     num_labels: int
     metrics: tuple[str, ...]
 
+
+SUPERGLUE_SPECS: dict[str, SuperGlueSpec] = {
+    "boolq": SuperGlueSpec("boolq", "BoolQ", "boolq", 2, ("accuracy",)),
+    "cb": SuperGlueSpec("cb", "CB", "cb", 3, ("accuracy", "macro_f1")),
+    "copa": SuperGlueSpec("copa", "COPA", "copa", 2, ("accuracy",)),
+    "multirc": SuperGlueSpec("multirc", "MultiRC", "multirc", 2, ("f1", "accuracy", "exact_match")),
+    "superglue_rte": SuperGlueSpec("rte", "RTE", "rte", 2, ("accuracy",)),
+    "wic": SuperGlueSpec("wic", "WiC", "wic", 2, ("accuracy",)),
+    "wsc": SuperGlueSpec("wsc", "WSC", "wsc.fixed", 2, ("accuracy",)),
+}
+"""The seven SuperGLUE tasks by name (RTE as ``superglue_rte``, apart from GLUE's)."""
+
+SuperGlueName = Literal["boolq", "cb", "copa", "multirc", "superglue_rte", "wic", "wsc"]
+
+
+@dataclass(frozen=True)
+class SuperGlueTask(Task):
+    """One SuperGLUE task, from the hub (``aps/super_glue``) or local JSONL files in the original
+    layout (``<Task>/{train,val}.jsonl``). Short form: the name alone (``data.task: boolq``)."""
+
+    name: SuperGlueName = "boolq"
+    """Which SuperGLUE task."""
+
     objectives: ClassVar[tuple[str, ...]] = ("classification", "causal_lm")
     lm_eval: ClassVar[str] = "choice"
-    max_new_tokens: ClassVar[int] = 0
-    eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
+
+    @property
+    def spec(self) -> SuperGlueSpec:
+        return SUPERGLUE_SPECS[self.name]
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def folder(self) -> str:
+        return self.spec.folder
+
+    @property
+    def num_labels(self) -> int:
+        return self.spec.num_labels
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.spec.metrics
 
     @property
     def lm_metrics(self) -> tuple[str, ...]:
         return self.metrics
-
-    @property
-    def is_regression(self) -> bool:
-        return False
 
     @property
     def grouped(self) -> bool:
@@ -191,7 +229,7 @@ class SuperGlueTask:
         if split not in LOCAL_FILES:
             raise SsmloraError(f"{self.name}: unknown split {split!r} (train or validation).")
         if data_dir is None:
-            records = list(datasets.load_dataset(HUB_ID, self.hub_config, split=split))
+            records = list(datasets.load_dataset(HUB_ID, self.spec.hub_config, split=split))
         else:
             path = self.task_dir(data_dir) / LOCAL_FILES[split]
             if not path.is_file():
@@ -240,17 +278,5 @@ class SuperGlueTask:
         return byte_tokenizer()
 
 
-SUPERGLUE_TASKS: dict[str, SuperGlueTask] = {
-    t.name: t
-    for t in [
-        SuperGlueTask("boolq", "boolq", "BoolQ", "boolq", 2, ("accuracy",)),
-        SuperGlueTask("cb", "cb", "CB", "cb", 3, ("accuracy", "macro_f1")),
-        SuperGlueTask("copa", "copa", "COPA", "copa", 2, ("accuracy",)),
-        SuperGlueTask(
-            "multirc", "multirc", "MultiRC", "multirc", 2, ("f1", "accuracy", "exact_match")
-        ),
-        SuperGlueTask("superglue_rte", "rte", "RTE", "rte", 2, ("accuracy",)),
-        SuperGlueTask("wic", "wic", "WiC", "wic", 2, ("accuracy",)),
-        SuperGlueTask("wsc", "wsc", "WSC", "wsc.fixed", 2, ("accuracy",)),
-    ]
-}
+for _name in SUPERGLUE_SPECS:
+    register_task(_name, partial(SuperGlueTask, _name))

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import datasets
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tasks.base import Task
+from ssmlora_app.tasks.registry import register_task
 
 POSITIVE = "good great fine superb lovely brilliant pleasant wonderful charming delightful".split()
 NEGATIVE = "bad awful poor dull boring terrible weak clumsy tedious dreadful".split()
@@ -26,21 +29,22 @@ SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
 @dataclass(frozen=True)
-class WordSentimentTask:
-    """Binary sentiment by majority of positive vs negative words, generated from a seed."""
+class WordSentimentTask(Task):
+    """Binary sentiment by majority of positive vs negative words, generated from a seed (the
+    quickstart's task, short form ``data.task: quickstart``)."""
 
-    name: str = "quickstart"
-    num_labels: int = 2
-    metrics: tuple[str, ...] = ("accuracy",)
-    eval_splits: tuple[str, ...] = ("validation",)
     sizes: tuple[tuple[str, int], ...] = (("train", 2000), ("validation", 500), ("test", 500))
+    """Examples per split, ``[[split, size], ...]``."""
     min_words: int = 6
+    """Fewest words in an example."""
     max_words: int = 14
+    """Most words in an example."""
     seed: int = 1234
+    """Seed of the generated examples (each split has its own stream)."""
 
-    @property
-    def is_regression(self) -> bool:
-        return False
+    name: ClassVar[str] = "quickstart"
+    num_labels: ClassVar[int] = 2
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
 
     def check_data_dir(self, data_dir: str | None) -> None:
         if data_dir is not None:
@@ -50,6 +54,8 @@ class WordSentimentTask:
 
     def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
         sizes = dict(self.sizes)
+        if split not in sizes:
+            raise SsmloraError(f"{self.name}: no {split!r} split; sizes has {list(sizes)}.")
         index = list(sizes).index(split)
         rng = random.Random(self.seed * 1000 + index)
         rows = [self._example(rng) for _ in range(sizes[split])]
@@ -86,3 +92,6 @@ class WordSentimentTask:
             pad_token="<pad>",
             unk_token="<unk>",
         )
+
+
+register_task("quickstart", WordSentimentTask)

@@ -1,4 +1,4 @@
-"""Causal-LM examples: prompt + target formatting, the one truncation policy, and the collator.
+"""Causal-LM examples: prompt + target encoding, the one truncation policy, and the collator.
 
 A sequence is ``[bos] + document + prompt + target (+ eos)``; the loss (``labels``) covers the
 target tokens only. The prompt (question, answer options, answer cue) and the target or options are
@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.objectives.batches import ChoiceInputs, LMBatch, PromptInputs
 from ssmlora_app.tasks.base import GROUP_COLUMN
 
 TRUNCATION_POLICIES = ("middle", "tail", "head")
@@ -48,16 +49,15 @@ def cut_document(ids: list[int], budget: int, policy: str = "middle") -> list[in
 
 @dataclass(frozen=True)
 class LMFormat:
-    """How rows become token ids (one per data module)."""
+    """How rows become token ids (one per objective)."""
 
     max_length: int
     """Longest sequence fed to the model, answer included."""
     truncation: str = "middle"
     """Policy for the document when the sequence is too long (see :func:`cut_document`)."""
-    lm_eval: str = "choice"
-    """``choice``, ``generate`` or ``teacher_forced`` (see :class:`~.base.TaskInfo`)."""
-    max_new_tokens: int = 0
-    """Room kept for the answer under ``generate``; longer training targets are cut at the end."""
+    answer_room: int | None = None
+    """Tokens kept for a generated answer (``max_new_tokens`` of a generation objective); longer
+    training targets are cut at the end. None: the room is the longest option, or the target."""
 
 
 def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -65,7 +65,8 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def encode_lm_example(row: dict, tokenizer: PreTrainedTokenizerBase, fmt: LMFormat) -> dict:
-    """One row (see :class:`~.base.LMTask`) -> model inputs.
+    """One row (the causal-LM columns of :data:`~ssmlora_app.tasks.base.LM_COLUMNS`) -> model
+    inputs.
 
     Returns ``input_ids``/``labels`` (context + target, loss on the target only), and for
     evaluation ``choice_input_ids``/``choice_labels`` (one sequence per option), ``prompt_ids``
@@ -76,9 +77,9 @@ def encode_lm_example(row: dict, tokenizer: PreTrainedTokenizerBase, fmt: LMForm
     prompt = _ids(tokenizer, row["prompt"])
     target = list(row["target_ids"]) if row.get("target_ids") else _ids(tokenizer, row["target"])
     choices = [_ids(tokenizer, c) for c in row["choices"]]
-    if fmt.lm_eval == "generate":
-        target = (target + eos)[: fmt.max_new_tokens]
-        room = fmt.max_new_tokens
+    if fmt.answer_room is not None:
+        target = (target + eos)[: fmt.answer_room]
+        room = fmt.answer_room
     elif choices:
         room = max(len(c) for c in choices)
     else:
@@ -113,56 +114,51 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-@dataclass
-class CausalLMCollator:
-    """Right-pads a batch (pads carry ``labels = -100`` and ``attention_mask = 0``).
+def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return (torch.arange(width) < lengths[:, None]).long()
 
-    Training batches hold ``input_ids``, ``attention_mask``, ``labels``. Evaluation batches add,
-    by ``lm_eval``: ``choice_*`` (B·K rows, K options per example) and ``choice_label`` (B,);
-    ``prompt_ids`` (B, P) + ``prompt_lengths`` (B,) and ``references`` (lists of strings) for
-    generation; and a grouped task's ``group`` ids (B,). Prediction batches under
-    ``teacher_forced`` add the generation inputs too (``prompt_ids``/``prompt_lengths`` from
-    :func:`generation_prompt`, ``target_lengths`` (B,): the tokens after that prompt), so
-    ``ssmlora predict`` writes generated text in every mode.
-    """
+
+@dataclass
+class LMCollator:
+    """Right-pads rows of :func:`encode_lm_example` into an :class:`LMBatch` (pads carry
+    ``labels = -100`` and ``attention_mask = 0``), with the parts its objective reads: the
+    options (``choices``), the prompts (``prompts``; with ``target_lengths`` too), the
+    references; a grouped task's ``groups`` whenever the rows have them."""
 
     pad_token_id: int
-    lm_eval: str = "choice"
-    train: bool = True
-    predict: bool = False
-    """Batches for ``predict``: also the generation inputs under ``teacher_forced``."""
+    choices: bool = False
+    prompts: bool = False
+    target_lengths: bool = False
+    references: bool = False
 
-    def __call__(self, rows: list[dict]) -> dict:
-        batch = {
-            "input_ids": _pad([r["input_ids"] for r in rows], self.pad_token_id),
-            "labels": _pad([r["labels"] for r in rows], IGNORE),
-        }
+    def __call__(self, rows: list[dict]) -> LMBatch:
+        ids = _pad([r["input_ids"] for r in rows], self.pad_token_id)
         lengths = torch.tensor([len(r["input_ids"]) for r in rows])
-        batch["attention_mask"] = (
-            torch.arange(batch["input_ids"].shape[1]) < lengths[:, None]
-        ).long()
-        if self.train:
-            return batch
-        if self.lm_eval == "choice":
+        batch = LMBatch(
+            input_ids=ids,
+            attention_mask=_mask(lengths, ids.shape[1]),
+            labels=_pad([r["labels"] for r in rows], IGNORE),
+        )
+        if self.choices:
             flat = [c for r in rows for c in r["choice_input_ids"]]
-            flat_labels = [c for r in rows for c in r["choice_labels"]]
-            batch["choice_input_ids"] = _pad(flat, self.pad_token_id)
-            batch["choice_labels"] = _pad(flat_labels, IGNORE)
-            widths = torch.tensor([len(c) for c in flat])
-            batch["choice_attention_mask"] = (
-                torch.arange(batch["choice_input_ids"].shape[1]) < widths[:, None]
-            ).long()
-            batch["choice_label"] = torch.tensor([r["label"] for r in rows])
-            batch["num_choices"] = torch.tensor([len(r["choice_input_ids"]) for r in rows])
-        elif self.lm_eval == "generate":
-            batch["prompt_ids"] = _pad([r["prompt_ids"] for r in rows], self.pad_token_id)
-            batch["prompt_lengths"] = torch.tensor([len(r["prompt_ids"]) for r in rows])
-            batch["references"] = [list(r["references"]) for r in rows]
-        elif self.predict:  # teacher_forced: generate from the prompt, as generate mode does
+            choice_ids = _pad(flat, self.pad_token_id)
+            batch.choices = ChoiceInputs(
+                input_ids=choice_ids,
+                attention_mask=_mask(torch.tensor([len(c) for c in flat]), choice_ids.shape[1]),
+                labels=_pad([c for r in rows for c in r["choice_labels"]], IGNORE),
+                num_choices=torch.tensor([len(r["choice_input_ids"]) for r in rows]),
+            )
+            batch.gold = torch.tensor([r["label"] for r in rows])
+        if self.prompts:
             prompts = [generation_prompt(r) for r in rows]
-            batch["prompt_ids"] = _pad(prompts, self.pad_token_id)
-            batch["prompt_lengths"] = torch.tensor([len(p) for p in prompts])
-            batch["target_lengths"] = lengths - batch["prompt_lengths"]
+            prompt_lengths = torch.tensor([len(p) for p in prompts])
+            batch.prompts = PromptInputs(
+                ids=_pad(prompts, self.pad_token_id),
+                lengths=prompt_lengths,
+                target_lengths=lengths - prompt_lengths if self.target_lengths else None,
+            )
+        if self.references:
+            batch.references = [list(r["references"]) for r in rows]
         if GROUP_COLUMN in rows[0]:
-            batch[GROUP_COLUMN] = torch.tensor([r[GROUP_COLUMN] for r in rows])
+            batch.groups = torch.tensor([r[GROUP_COLUMN] for r in rows])
         return batch
