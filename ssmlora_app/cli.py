@@ -1,11 +1,15 @@
-"""The ``ssmlora`` command: LightningCLI (fit, validate, test, predict) over YAML configs."""
+"""The ``ssmlora`` command: LightningCLI (fit, validate, test, predict) over YAML configs, the tools' subcommands (imported only when run) and the adapter methods' own."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import sys
 import warnings
 from argparse import SUPPRESS
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -27,9 +31,7 @@ from ssmlora_app.callbacks import (
 )
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.export import export, import_adapter
 from ssmlora_app.module import AdapterModule
-from ssmlora_app.report import report
 from ssmlora_app.tasks import Task
 
 LEGACY_KEYS = ("hrm_diagnostics", "ssmlora_diagnostics", "sdt_selection")
@@ -118,121 +120,71 @@ class SsmloraCLI(LightningCLI):
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 
 
-def bench(
-    preset: str = "llama-tiny",
-    methods: list[str] | None = None,
-    seq_lens: list[int] | None = None,
-    scan_seq_lens: list[int] | None = None,
-    batch_size: int | None = None,
-    warmup: int = 1,
-    repeats: int = 3,
-    device: str = "cpu",
-    sequential_max_len: int = 4096,
-    threads: int | None = None,
-    clock: str = "wall",
-    out: str = "runs/bench",
-) -> None:
-    """Measure train-step time, inference time and peak memory of adapters side by side, on a
-    backbone built from a config (random weights, no hub); ratios to our LoRA are the headline.
-
-    Args:
-        preset: Backbone shape and settings: roberta-base, llama-tiny, llama-1b-shapes or
-            mamba-130m (skipped when the SDT adapter is absent).
-        methods: Subset of frozen, full, lora, peft_lora, ssmlora, lora_full_model (LoRA where
-            SSMLoRA's full_model sits, and on the paper's baseline for it), hrm_fft,
-            hrm_sequential, sdt (default: the preset's). Methods that cannot run on the preset's
-            backbone are skipped with a note.
-        seq_lens: Sequence lengths of the whole-model rows (default: the preset's, shorter on CPU).
-        scan_seq_lens: Sequence lengths of the HRM-scan-alone rows (default: the preset's; [] none).
-        batch_size: Batch size (default: the preset's, smaller on CPU).
-        warmup: Untimed rounds before timing.
-        repeats: Timed rounds, interleaved over the methods; the median is reported.
-        device: cpu or cuda (cuda synchronises around every timed call).
-        sequential_max_len: Longest sequence the slow sequential scan is timed at (scan rows).
-        threads: CPU threads for torch (default: torch's). On a CPU shared with other jobs use 1:
-            OpenMP threads that wait for a busy core make every op many times slower.
-        clock: wall (elapsed time) or cpu (the process's CPU time, CPU only): on a shared CPU,
-            cpu leaves out the time spent waiting for a core; use it with --threads 1.
-        out: Folder for bench_<preset>.json and bench_<preset>.png.
-    """
-    import torch
-
-    from ssmlora_app.bench import PRESETS, command_line, format_table, run_bench, write_outputs
-
-    if preset not in PRESETS:
-        raise SsmloraError(f"Unknown bench preset {preset!r}; choose from {sorted(PRESETS)}.")
-    if warmup < 0 or repeats < 1:
-        raise SsmloraError(f"Need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SsmloraError("--device cuda asked for, but torch sees no CUDA device; use cpu.")
-    if threads is not None:
-        if threads < 1:
-            raise SsmloraError(f"--threads must be at least 1, got {threads}.")
-        torch.set_num_threads(threads)
-    result = run_bench(
-        preset,
-        PRESETS[preset],
-        methods=methods,
-        seq_lens=seq_lens,
-        scan_seq_lens=scan_seq_lens,
-        batch_size=batch_size,
-        warmup=warmup,
-        repeats=repeats,
-        device=device,
-        sequential_max_len=sequential_max_len,
-        clock=clock,
-        command=command_line("ssmlora bench", locals()),
-        progress=lambda message: print(message, file=sys.stderr, flush=True),
-    )
-    paths = write_outputs(result, Path(out))
-    print(format_table(result))
-    print("Written: " + ", ".join(str(p) for p in paths.values()))
-
-
-def sweep(
-    configs: list[str],
-    seeds: list[int] = [0, 1, 2],  # noqa: B006 (a jsonargparse default, never mutated)
-    adapters: list[str] | None = None,
-    runs: str = "runs/sweep",
-    overrides: list[str] | None = None,
-    dry_run: bool = False,
-) -> None:
-    """Fit every config x adapter x seed into one runs folder, one run after another (or print the
-    commands for a cluster scheduler); then ``ssmlora report --runs RUNS``.
-
-    Args:
-        configs: Config files (e.g. ``[configs/roberta_sst2_lora.yaml, configs/roberta_rte_lora.yaml]``).
-        seeds: Seeds (``seed_everything``) of each cell.
-        adapters: Adapter names (lora, ssmlora, hrm, sdt) replacing each config's adapter with its
-            default config; null keeps the configs' own adapters.
-        runs: Runs folder; each run logs to ``RUNS/<config>[_<adapter>]/seed<seed>``.
-        overrides: Extra arguments for every run (e.g. ``["--trainer.max_epochs=3"]``).
-        dry_run: Print the commands, one per line, instead of running them.
-    """
-    from ssmlora_app.sweep import run_sweep, sweep_commands
-
-    commands = sweep_commands(configs, seeds, adapters, runs, overrides or [])
-    failed = run_sweep(commands, dry_run)
-    if failed:
-        raise SsmloraError(f"sweep: {failed} of {len(commands)} runs failed (see above).")
-
-
-EXTRA_COMMANDS = {
-    "export": export,
-    "import": import_adapter,
-    "report": report,
-    "bench": bench,
-    "sweep": sweep,
+TOOLS = {
+    "export": "ssmlora_app.tools.export:export",
+    "import": "ssmlora_app.tools.export:import_adapter",
+    "report": "ssmlora_app.tools.report:report",
+    "sweep": "ssmlora_app.tools.sweep:sweep",
+    "bench": "ssmlora_app.tools.bench:bench",
 }
-"""Subcommands besides LightningCLI's fit/validate/test/predict: one typed function each."""
+"""The tools' subcommands: name -> ``module:function``, imported only when that command runs (the
+training path never imports ``ssmlora_app.tools``). Each is one typed function."""
+
+LIGHTNING_COMMANDS = {
+    "fit": "Train an adapter (and the task head) on a frozen backbone.",
+    "validate": "Evaluate a model on the evaluation splits.",
+    "test": "Evaluate a model on the test splits (the held-out ones where the task has them).",
+    "predict": "Write predictions (and GLUE submission files) for the evaluation or test splits.",
+}
 
 
-def extra_commands() -> dict:
-    """The app's subcommands and those of the registered adapter methods (HRM's ``reduce``)."""
-    commands = dict(EXTRA_COMMANDS)
+def extra_commands() -> dict[str, Callable[[], Callable]]:
+    """Every subcommand besides LightningCLI's: the tools' and the registered adapter methods'
+    (HRM's ``reduce``), as loaders of their functions."""
+    commands: dict[str, Callable[[], Callable]] = {
+        name: partial(_import, target) for name, target in TOOLS.items()
+    }
     for method in ADAPTERS.values():
-        commands.update(method.commands)
+        for name, function in method.commands.items():
+            commands[name] = partial(lambda f: f, function)
     return commands
+
+
+def _import(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _first_line(function: Callable) -> str:
+    return (inspect.getdoc(function) or "").split("\n", 1)[0]
+
+
+def print_help() -> None:
+    """``ssmlora --help``: every subcommand with one line each."""
+    lines = ["usage: ssmlora <command> [options]   (ssmlora <command> --help: its options)", ""]
+    lines.append("Training (YAML configs: ssmlora fit --config configs/quickstart.yaml):")
+    lines += [f"  {name:<9} {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += ["", "Tools:"]
+    lines += [f"  {name:<9} {_first_line(_import(target))}" for name, target in TOOLS.items()]
+    methods = [(n, m, f) for m in ADAPTERS.values() for n, f in m.commands.items()]
+    if methods:
+        lines += ["", "Adapter methods' commands:"]
+        lines += [f"  {n:<9} ({m.name}) {_first_line(f)}" for n, m, f in methods]
+    print("\n".join(lines))
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> SsmloraCLI:
+    """The LightningCLI of ``ssmlora fit|validate|test|predict`` (``run=False``: parse and
+    instantiate the model and data without running, e.g. to inspect them)."""
+    return SsmloraCLI(
+        AdapterModule,
+        TaskDataModule,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults=TRAINER_DEFAULTS,
+        args=args,  # None: Lightning reads sys.argv itself
+        run=run,
+    )
 
 
 def main(args: list[str] | None = None) -> None:
@@ -242,24 +194,20 @@ def main(args: list[str] | None = None) -> None:
         subclasses_enabled=[AdapterConfig, Task], docstring_parse_attribute_docstrings=True
     )
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    if argv in ([], ["-h"], ["--help"]):
+        print_help()
+        sys.exit(0)
     try:
         commands = extra_commands()
-        if argv and argv[0] in commands:
+        if argv[0] in commands:
             auto_cli(
-                commands[argv[0]],
+                commands[argv[0]](),
                 args=argv[1:],
                 as_positional=False,
                 prog=f"ssmlora {argv[0]}",
             )
             return
-        SsmloraCLI(
-            AdapterModule,
-            TaskDataModule,
-            auto_configure_optimizers=False,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults=TRAINER_DEFAULTS,
-            args=None if args is None else argv,  # None: Lightning reads sys.argv itself
-        )
+        build_cli(None if args is None else argv)
     except SsmloraError as err:
         print(f"ssmlora: error: {err}", file=sys.stderr)
         sys.exit(2)

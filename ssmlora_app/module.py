@@ -4,7 +4,6 @@ optimizer groups and the adapter method's own callbacks."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -19,15 +18,16 @@ from ssmlora_app.adapters import (
     count_trainable_parameters,
     default_adapter_config,
     get_method,
-    inject_adapters,
     load_adapter,
     read_adapter_config,
 )
 from ssmlora_app.adapters.base import shape_mismatches
 from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.factory import build_model
 from ssmlora_app.objectives import objective_for
 from ssmlora_app.optim import LinearWarmupDecay, param_groups
+from ssmlora_app.run import RunRecord
 from ssmlora_app.tasks import TaskInfo
 
 OptimizerFactory = Callable[[Iterable], Optimizer]
@@ -85,11 +85,7 @@ class AdapterModule(L.LightningModule):
         self.objective = objective_for(task_info)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        method = get_method(adapter.adapter_type)
-        load_kwargs = method.backbone_kwargs(adapter) if method.backbone_kwargs else None
-        model = self.objective.build_model(backbone, load_kwargs)
-        self.objective.check_lengths(model)
-        self.model = inject_adapters(model, adapter)
+        self.model = build_model(backbone, adapter, self.objective)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -99,17 +95,10 @@ class AdapterModule(L.LightningModule):
         self.strict_loading = False  # checkpoints omit the frozen backbone
         self.val_metrics = self._metrics("val")
         self.test_metrics = self._metrics("test")
-        # Plain values only (checkpoints load with torch.load(weights_only=True)), with the
-        # parameter counts so TensorBoard's hparams view shows them.
-        self.save_hyperparameters(
-            {
-                "backbone": asdict(backbone),
-                "adapter": {"adapter_type": adapter.adapter_type, **asdict(adapter)},
-                "init_adapter_from": init_adapter_from,
-                "task_info": task_info.to_record(),
-                **self.parameter_counts(),
-            }
-        )
+        # The run's record (plain values: checkpoints load with torch.load(weights_only=True)),
+        # with the parameter counts so TensorBoard's hparams view shows them.
+        record = RunRecord(backbone, adapter, task_info, init_adapter_from, self.parameter_counts())
+        self.save_hyperparameters(record.to_hparams())
 
     def _init_from(self, directory: str) -> None:
         try:

@@ -30,10 +30,10 @@ from ssmlora_app.adapters import (
     save_adapter,
 )
 from ssmlora_app.backbone import BackboneConfig, build_classifier
-from ssmlora_app.bench import BenchPreset, run_bench
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.sweep import sweep_commands
+from ssmlora_app.tools.bench import BenchPreset, run_bench
+from ssmlora_app.tools.sweep import sweep_commands
 from tests.conftest import REPO, TINY_ROBERTA
 
 TINY_MAMBA = {"model_type": "mamba", "hidden_size": 16, "num_hidden_layers": 2, "state_size": 8,

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from ssmlora_app.adapters import ADAPTERS
-from ssmlora_app.bench import (
+from ssmlora_app.cli import extra_commands, main
+from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tools.bench import (
     BASELINES,
     PRESETS,
     BenchPreset,
@@ -19,8 +21,6 @@ from ssmlora_app.bench import (
     run_bench,
     write_outputs,
 )
-from ssmlora_app.cli import extra_commands, main
-from ssmlora_app.errors import SsmloraError
 
 TINY_LLAMA = {
     "model_type": "llama",
@@ -63,13 +63,10 @@ def tiny_result(one_thread):
 
 
 def test_tiny_bench_measures_every_available_method(tiny_result):
-    from ssmlora_app.adapters.registry import ADAPTERS
-
     methods = {r["method"] for r in tiny_result.rows}
     assert {"frozen", "full", "lora", "peft_lora", "hrm_fft", "hrm_sequential"} <= methods
-    assert ("ssmlora_full_model" in methods) == ("ssmlora" in ADAPTERS)
-    if "ssmlora" not in ADAPTERS:
-        assert any("ssmlora" in n and "skipped" in n for n in tiny_result.notes)
+    assert {"ssmlora_attention_sparse", "ssmlora_full_model"} <= methods
+    assert not [r for r in methods if r.startswith("sdt")]  # no Mamba here: skipped with a note
     assert {r["seq_len"] for r in tiny_result.rows} == {8, 16}
     for row in tiny_result.rows:
         assert row["train_s"]["median"] > 0 and row["infer_s"]["median"] > 0

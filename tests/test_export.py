@@ -15,7 +15,7 @@ from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.cli import main
 from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.export import read_run_hparams
+from ssmlora_app.run import RunFolder
 from tests.conftest import REPO, TINY_ROBERTA
 from tests.helpers import randomise, tiny_classifier, twin
 
@@ -45,7 +45,7 @@ def run(tmp_path_factory):
 
 def reference(run):
     """The trained model rebuilt by hand: the recorded backbone + the saved adapter."""
-    hparams = read_run_hparams(run)
+    hparams = RunFolder(run).hparams()
     info = hparams["task_info"]
     backbone = BackboneConfig(**hparams["backbone"])
     model = build_classifier(
@@ -70,7 +70,7 @@ def test_merged_model_loads_with_automodel_and_gives_the_same_logits(run, tmp_pa
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     # The merge changed the weights (the adapter was not a no-op).
     plain = build_classifier(
-        BackboneConfig(**read_run_hparams(run)["backbone"]),
+        BackboneConfig(**RunFolder(run).hparams()["backbone"]),
         2,
         "single_label_classification",
         vocab_size=merged.config.vocab_size,

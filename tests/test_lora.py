@@ -68,9 +68,9 @@ def test_zero_at_init_and_only_adapter_and_head_trainable():
     assert {n for n in trainable if n.startswith("classifier.")} == {
         n for n, _ in model.classifier.named_parameters(prefix="classifier")
     }
-    for module in model.modules():
-        if isinstance(module, LoRALinear):
-            assert module.lora_A.weight.dtype == torch.float32
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert len(layers) == 4  # query and value in both layers
+    assert all(m.lora_A.weight.dtype == m.lora_B.weight.dtype == torch.float32 for m in layers)
 
 
 def test_gradients_reach_every_trainable_parameter():

@@ -11,7 +11,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.report import build_report, find_runs, read_run
+from ssmlora_app.run import RunFolder
+from ssmlora_app.tools.report import build_report, read_run
 
 TASKS = {  # task -> (headline tag, metrics, eval splits)
     "cola": ("val/mcc", ("mcc", "accuracy"), ("validation",)),
@@ -47,8 +48,10 @@ def fake_run(root, task: str, adapter: str, seed: int):
             writer.add_scalar("train/loss", 1.0 / (epoch + 1), step)
             writer.add_scalar(tag, value, step)
             writer.add_scalar("epoch", float(epoch), step)
-    info = {"task": task, "num_labels": 3, "metrics": metrics, "eval_splits": splits}
-    hparams = {"adapter": config, "task_info": info, "params/adapter": params}
+    info = {"task": task, "num_labels": 3, "metrics": metrics, "eval_splits": splits,
+            "problem_type": "single_label_classification"}  # fmt: skip
+    hparams = {"backbone": {"name_or_path": "roberta-base"}, "adapter": config,
+               "task_info": info, "params/adapter": params}  # fmt: skip
     hparams["params/trainable"] = params + 600
     save_hparams_to_yaml(run / "hparams.yaml", hparams)
     (run / "config.yaml").write_text(yaml.safe_dump({"seed_everything": seed}))
@@ -67,13 +70,13 @@ def runs(tmp_path):
 
 
 def test_best_value_epoch_and_seed_of_one_run(runs):
-    result = read_run(runs / "cola_lora8" / "version_2")
+    result = read_run(RunFolder(runs / "cola_lora8" / "version_2"))
     values = curve("cola", "lora8", 2)
     assert result.metric == "val/mcc"
     assert result.best == pytest.approx(max(values))
     assert result.best_epoch == values.index(max(values))
     assert result.seed == 2 and result.adapter_params == 1000
-    assert read_run(runs / "mnli_lora2" / "version_0").metric == "val_matched/accuracy"
+    assert read_run(RunFolder(runs / "mnli_lora2" / "version_0")).metric == "val_matched/accuracy"
 
 
 def test_csv_has_mean_and_sd_over_seeds(runs, tmp_path):
@@ -117,6 +120,6 @@ def test_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(SsmloraError, match="No finished runs"):
         build_report([tmp_path / "nothing"], tmp_path / "out")
     with pytest.raises(SsmloraError, match="does not exist"):
-        find_runs([tmp_path / "missing"])
+        RunFolder.find([tmp_path / "missing"])
     with pytest.raises(SsmloraError, match="Unknown report formats"):
         build_report([tmp_path], tmp_path / "out", formats=["html"])

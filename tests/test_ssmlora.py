@@ -13,6 +13,7 @@ import copy
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -501,7 +502,16 @@ def test_diagnostics_and_callback():
     metrics = ssmlora_diagnostics(model)
     chains = {m.chain for m in ssm_layers(model).values()}
     assert {f"ssmlora/{c}/state_norm" for c in chains} <= metrics.keys()
-    assert all(v == v and v >= 0 for v in metrics.values())
+    r = next(iter(ssm_layers(model).values())).W_a.shape[1]
+    radius: dict[str, float] = {}  # max over a chain's modules of ρ(I + W_c), computed apart
+    for layer in ssm_layers(model).values():
+        eigenvalues = np.linalg.eigvals(np.eye(r) + layer.W_c.detach().double().numpy())
+        radius[layer.chain] = max(radius.get(layer.chain, 0.0), float(np.abs(eigenvalues).max()))
+    for chain, value in radius.items():
+        assert metrics[f"ssmlora/{chain}/spectral_radius"] == pytest.approx(value, rel=1e-9)
+        assert abs(value - 1.0) > 1e-3  # the randomised W_c moved it from 1
+    for chain in chains:  # min-max states lie in [0, 1]^r: their norm in (0, √r]
+        assert 0 < metrics[f"ssmlora/{chain}/state_norm"] <= r**0.5 + 1e-6
 
     logged = []
     logger = SimpleNamespace(log_metrics=lambda m, step: logged.append((step, m)))

@@ -4,7 +4,7 @@ import pytest
 
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.sweep import sweep_commands
+from ssmlora_app.tools.sweep import sweep_commands
 from tests.conftest import REPO
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")

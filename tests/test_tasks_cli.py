@@ -8,8 +8,9 @@ import pytest
 import torch
 import yaml
 
+from ssmlora_app.adapters import load_adapter
 from ssmlora_app.backbone import BackboneConfig, build_causal_lm, generation_tokens
-from ssmlora_app.cli import main
+from ssmlora_app.cli import build_cli, main
 from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.objectives.lm_data import IGNORE
 from ssmlora_app.tasks import WordProblemTask
@@ -30,7 +31,9 @@ class SaveMetrics(L.Callback):
 
 
 def run(tmp_path, config: str, *extra: str) -> dict:
-    """Fit briefly, then validate the last checkpoint; returns the validate metrics."""
+    """Fit briefly, then validate the last checkpoint; returns the validate metrics, and
+    ``trained``: the data module of these settings and the trained model rebuilt by hand
+    (the config's backbone + the run's adapter folder), for checking the metrics apart."""
     out = tmp_path / "metrics.json"
     callback = {"class_path": "tests.test_tasks_cli.SaveMetrics", "init_args": {"path": str(out)}}
     common = [
@@ -48,7 +51,50 @@ def run(tmp_path, config: str, *extra: str) -> dict:
     assert torch.load(ckpt, weights_only=True)["state_dict"], "no adapter tensors saved"
     out.unlink()
     main(["validate", *common, f"--ckpt_path={ckpt}"])
-    return json.loads(out.read_text())
+    data = build_cli(common, run=False).datamodule
+    data.setup("validate")
+    config = yaml.safe_load((TINY / config).read_text())
+    tok = data.tokenizer
+    model = build_causal_lm(BackboneConfig(config=config["model"]["backbone"]["config"]),
+                            len(tok), tok.pad_token_id, generation_tokens(tok))  # fmt: skip
+    model = load_adapter(model, ckpt.parent.parent / "adapter").eval()
+    return {**json.loads(out.read_text()), "trained": (data, model)}
+
+
+def token_accuracy(model, rows) -> float:
+    """Teacher-forced arg-max accuracy over the target tokens of encoded rows, one row at a time."""
+    correct = total = 0
+    for row in rows:
+        with torch.no_grad():
+            predicted = model(torch.tensor([row["input_ids"]])).logits[0].argmax(-1)
+        for i, label in enumerate(row["labels"]):
+            if label != IGNORE:
+                correct += int(predicted[i - 1] == label)
+                total += 1
+    return correct / total
+
+
+def chosen_options(model, rows) -> list[int]:
+    """Per encoded row: the option with the highest summed log-likelihood of its tokens."""
+    chosen = []
+    for row in rows:
+        scores = []
+        for ids, labels in zip(row["choice_input_ids"], row["choice_labels"], strict=True):
+            with torch.no_grad():
+                logp = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+            scored = [(i, t) for i, t in enumerate(labels[1:]) if t != IGNORE]
+            scores.append(sum(logp[i, t].item() for i, t in scored))
+        chosen.append(max(range(len(scores)), key=scores.__getitem__))
+    return chosen
+
+
+def check_choice_accuracy(metrics: dict) -> None:
+    """The logged accuracy is the share of examples whose best-scored option is the gold one."""
+    data, model = metrics["trained"]
+    rows = list(data.splits["validation"])
+    chosen = chosen_options(model, rows)
+    expected = sum(c == r["label"] for c, r in zip(chosen, rows, strict=True)) / len(rows)
+    assert metrics["val/accuracy"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_dfa_state_tracking_fit_validate_at_longer_lengths(tmp_path):
@@ -56,7 +102,10 @@ def test_dfa_state_tracking_fit_validate_at_longer_lengths(tmp_path):
               "--data.task.train_size=192", "--data.task.eval_size=32"]  # fmt: skip
     metrics = run(tmp_path, "llama_dfa_hrm.yaml", *fields, "--trainer.max_epochs=1")
     assert {"val/token_accuracy", "val_len16/token_accuracy", "val/loss"} <= metrics.keys()
-    assert all(0 <= metrics[k] <= 1 for k in metrics if k.endswith("accuracy"))
+    data, model = metrics["trained"]
+    for split, prefix in (("validation", "val"), ("validation_len16", "val_len16")):
+        expected = token_accuracy(model, data.splits[split])
+        assert metrics[f"{prefix}/token_accuracy"] == pytest.approx(expected, abs=1e-6), split
 
 
 def test_quality_multiple_choice_fit_validate(shared_data, tmp_path):
@@ -69,7 +118,8 @@ def test_quality_multiple_choice_fit_validate(shared_data, tmp_path):
         "--data.max_train_samples=4",
         "--data.max_eval_samples=3",
     )
-    assert 0 <= metrics["val/accuracy"] <= 1 and metrics["val/loss"] > 0
+    assert metrics["val/loss"] > 0
+    check_choice_accuracy(metrics)
 
 
 def test_qmsum_generation_fit_validate(shared_data, tmp_path):
@@ -102,7 +152,7 @@ def test_superglue_causal_lm_fit_validate(tmp_path):
         f"--data.data_dir={tmp_path / 'data'}",
         "--data.max_length=256",
     )
-    assert 0 <= metrics["val/accuracy"] <= 1
+    check_choice_accuracy(metrics)
 
 
 def test_byte_lm_fit_validate_reports_bits_per_byte(tmp_path):
@@ -169,15 +219,7 @@ def test_predict_choice_task_writes_the_chosen_option_index(tmp_path):
     model = build_causal_lm(
         backbone, len(dm.tokenizer), dm.tokenizer.pad_token_id, generation_tokens(dm.tokenizer)
     ).eval()
-    expected = []
-    for row in dm.splits["validation"]:
-        scores = []
-        for ids, labels in zip(row["choice_input_ids"], row["choice_labels"], strict=True):
-            with torch.no_grad():
-                logp = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
-            scored = [(i, t) for i, t in enumerate(labels[1:]) if t != IGNORE]
-            scores.append(sum(logp[i, t].item() for i, t in scored))
-        expected.append(max(range(len(scores)), key=scores.__getitem__))
+    expected = chosen_options(model, dm.splits["validation"])
     assert [p["prediction"] for p in preds] == expected
     assert set(expected) == {0, 1}
 

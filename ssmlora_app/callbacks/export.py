@@ -8,6 +8,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from ssmlora_app.adapters import save_adapter
+from ssmlora_app.run import RunFolder
 
 
 class ExportAdapter(L.Callback):
@@ -17,23 +18,20 @@ class ExportAdapter(L.Callback):
     def __init__(self, dirname: str = "adapter"):
         """
         Args:
-            dirname: Folder name under the run's log directory.
+            dirname: Folder name under the run's log directory (``adapter``, the run folder's
+                adapter, what ``ssmlora export --run`` reads).
         """
         self.dirname = dirname
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        root = Path(
-            trainer.log_dir or trainer.default_root_dir
-        )  # a collective: every rank calls it
+        folder = RunFolder(Path(trainer.log_dir or trainer.default_root_dir))  # a collective
         if not trainer.is_global_zero:
             return
-        backbone = getattr(pl_module, "backbone_config", None)
-        name = getattr(backbone, "name_or_path", None)
-        info = getattr(pl_module, "task_info", None)
-        names = getattr(info, "label_names", None)
+        name = pl_module.backbone_config.name_or_path
+        names = pl_module.task_info.label_names
         path = save_adapter(
             pl_module.model,
-            root / self.dirname,
+            folder.path / self.dirname,
             base_model_name_or_path=name,
             metadata={"label_names": list(names)} if names else None,
         )

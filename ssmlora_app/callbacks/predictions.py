@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.run import RunFolder
 
 FORMATS = ("jsonl", "tsv")
 TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -71,9 +72,10 @@ class PredictionWriter(BasePredictionWriter):
             predictions = [predictions]
         if len(batch_indices) != len(predictions):  # and nests the indices one level deeper
             batch_indices = [batch_indices]
-        root = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir))
-        if self.output_dir is None:
-            root = root / "predictions"
+        if self.output_dir is not None:
+            root = Path(self.output_dir)
+        else:
+            root = RunFolder(Path(trainer.log_dir or trainer.default_root_dir)).predictions_dir
         root.mkdir(parents=True, exist_ok=True)
         rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         for split, preds, indices in zip(splits, predictions, batch_indices):

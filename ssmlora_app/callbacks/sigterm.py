@@ -9,6 +9,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ssmlora_app.run import RunFolder
+
 
 class CheckpointOnSigterm(L.Callback):
     """On SIGTERM, Lightning finishes the current batch and raises ``SIGTERMException``; this
@@ -21,7 +23,7 @@ class CheckpointOnSigterm(L.Callback):
         if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath:
             directory = Path(checkpoint.dirpath)
         else:
-            directory = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+            directory = RunFolder(Path(trainer.log_dir or trainer.default_root_dir)).checkpoints_dir
         path = directory / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         rank_zero_info(f"SIGTERM: checkpoint saved to {path}")

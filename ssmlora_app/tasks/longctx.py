@@ -10,7 +10,7 @@ is in two splits; ``validation`` selects checkpoints and ``test`` is reported. F
 official training set by document and ``test`` = the official validation set where the official
 test answers are hidden.
 
-The document is the only part that truncation may cut (see :mod:`ssmlora_app.tasks.lm`).
+The document is the only part that truncation may cut (see :mod:`ssmlora_app.objectives.lm_data`).
 """
 
 from __future__ import annotations

@@ -302,7 +302,7 @@ class WordProblemCSVTask(Task):
         if not self.path(data_dir).is_file():
             raise SsmloraError(
                 f"{self.name}: no CSV at {self.path(data_dir)}; set data.data_dir to its folder "
-                "and data.task_args.file to its name (columns seed,input,target)."
+                "and data.task.file to its name (columns seed,input,target)."
             )
 
     def rows(self, split: str, data_dir: str | None) -> list[tuple[list[int], list[int]]]:
@@ -315,7 +315,7 @@ class WordProblemCSVTask(Task):
         if bad:
             raise SsmloraError(
                 f"{self.name}: element id {bad[0]} is outside 0..{self.num_elements - 1}; set "
-                "data.task_args.num_elements to the group order."
+                "data.task.num_elements to the group order."
             )
         random.Random(self.seed).shuffle(rows)
         n_train = int(self.fractions[0] * len(rows))

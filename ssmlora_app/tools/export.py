@@ -1,116 +1,92 @@
 """``ssmlora export`` and ``ssmlora import``: rebuild a trained model, then write what other tools
 load.
 
-A model is rebuilt from one of
-- a run folder (``runs/<name>/version_N``): ``hparams.yaml`` gives the backbone and the task,
-  ``adapter/`` (or ``checkpoints/last.ckpt``) the trained weights;
-- a checkpoint (``.ckpt``): it carries the same hyperparameters and the adapter + head;
+A model is rebuilt through the one model factory (:mod:`ssmlora_app.factory`: the run's objective
+picks the head, so a causal-LM run comes back as a causal LM with its LM head) from one of
+- a run folder (``runs/<name>/version_N``, read through :class:`~ssmlora_app.run.RunFolder`):
+  its record gives the backbone, the adapter and the task, ``adapter/`` (or
+  ``checkpoints/last.ckpt``) the trained weights;
+- a checkpoint (``.ckpt``): it carries the same record and the adapter + head;
 - an adapter folder (ours or ``peft``'s) or a ``loralib`` state dict, plus ``--backbone``.
 
 and exported as
 - ``adapter/``: the adapter and head only (every method); for LoRA it is also a ``peft``
   directory (``PeftModel.from_pretrained``);
-- ``merged/`` (LoRA): ``W0 + (alpha/r)·B·A`` folded into the backbone (spec §1) and saved as a
-  plain Hugging Face model directory with its tokenizer (``AutoModelForSequenceClassification
-  .from_pretrained``), checked to give the adapter model's logits before it is written.
+- ``merged/`` (methods that declare themselves mergeable): the adapter folded into the backbone
+  and saved as a plain Hugging Face model directory with its tokenizer
+  (``AutoModelFor*.from_pretrained``), checked to give the adapter model's logits before it is
+  written.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from transformers import PreTrainedModel
 
 from ssmlora_app.adapters import (
     adapter_config,
     adapter_state_dict,
-    inject_adapters,
     load_adapter,
     merge_and_unload,
     method_of,
     save_adapter,
 )
 from ssmlora_app.adapters.interop import load_foreign_lora
-from ssmlora_app.adapters.io import config_from_record
 from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.factory import build_model
 from ssmlora_app.objectives import objective_for
-from ssmlora_app.tasks import TaskInfo, get_task
-
-
-class _HparamsLoader(yaml.SafeLoader):
-    """Safe YAML plus the ``!!python/tuple`` tag Lightning writes for tuples."""
-
-
-_HparamsLoader.add_constructor(
-    "tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node))
-)
+from ssmlora_app.run import RunFolder, RunRecord, read_checkpoint
+from ssmlora_app.tasks import TASKS, Task, TaskInfo
+from ssmlora_app.tokenization import load_tokenizer
 
 
 @dataclass
 class Rebuilt:
     """A backbone with its trained adapter and head loaded, in eval mode."""
 
-    model: PreTrainedModel
+    model: nn.Module
     backbone: BackboneConfig
     task_info: TaskInfo | None
     """The task it was trained on, when the source records it (runs and checkpoints)."""
+    task: Task | None = None
+    """The task with its fields (a run's config.yaml, or a built-in task by name)."""
 
 
-def _task_info(fields: dict | None) -> TaskInfo | None:
-    return TaskInfo.from_record(fields) if fields else None
+def _from_record(
+    record: RunRecord, backbone: BackboneConfig | None
+) -> tuple[nn.Module, BackboneConfig]:
+    backbone = backbone or record.backbone
+    return build_model(backbone, record.adapter, objective_for(record.task_info)), backbone
 
 
-def _backbone(fields: dict) -> BackboneConfig:
-    known = {f.name for f in dataclasses.fields(BackboneConfig)}
-    return BackboneConfig(**{k: v for k, v in fields.items() if k in known})
-
-
-def _classifier(backbone: BackboneConfig, info: TaskInfo) -> PreTrainedModel:
-    """The model the run trained: its objective's head, through the one model factory."""
-    return objective_for(info).build_model(backbone)
-
-
-def read_run_hparams(run: str | Path) -> dict:
-    """The ``hparams.yaml`` of a run folder (backbone, adapter, task_info, parameter counts)."""
-    path = Path(run) / "hparams.yaml"
-    try:
-        return yaml.load(path.read_text(), Loader=_HparamsLoader) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise SsmloraError(
-            f"Cannot read {path}: {err}. Give a run folder written by `ssmlora fit` "
-            "(runs/<name>/version_N)."
-        ) from None
-
-
-def _from_checkpoint_state(model: nn.Module, hparams: dict, state: dict, origin: str) -> None:
-    fields = dict(hparams.get("adapter") or {})
-    inject_adapters(model, config_from_record(fields.pop("adapter_type", "lora"), fields))
-    weights = {k.removeprefix("model."): v for k, v in state.items()}
-    missing = set(adapter_state_dict(model)) - set(weights)
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    missing = set(adapter_state_dict(model)) - set(state)
     if missing:
         raise SsmloraError(
             f"{origin} lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]})."
         )
-    model.load_state_dict(weights, strict=False)
+    model.load_state_dict(state, strict=False)
 
 
-def _num_labels(source: Path) -> int | None:
+def _named_task(info: TaskInfo | None) -> Task | None:
+    return TASKS[info.task]() if info is not None and info.task in TASKS else None
+
+
+def _head_size(source: Path) -> int | None:
     """Outputs of the head in an adapter folder or state dict, if it has one."""
+    from safetensors.torch import load_file
+
     from ssmlora_app.adapters.interop import load_tensors, read_peft_lora
 
     if source.is_dir():
-        from safetensors.torch import load_file
-
-        ours = source / "adapter_model.safetensors"
         if json.loads((source / "adapter_config.json").read_text()).get("ssmlora"):
-            tensors = load_file(ours)
+            tensors = load_file(source / "adapter_model.safetensors")
         else:
             tensors = read_peft_lora(source)[1]
     else:
@@ -119,6 +95,23 @@ def _num_labels(source: Path) -> int | None:
         if key.endswith(("out_proj.weight", "classifier.weight", "score.weight")):
             return value.shape[0]
     return None
+
+
+def _adapter_only_info(
+    source: Path, backbone: BackboneConfig, task: str | None, num_labels: int | None
+) -> tuple[TaskInfo, Task | None]:
+    """The task info of an adapter folder, which records none: from ``--task`` (through the data
+    module, as training makes it), or a classifier sized by ``--num_labels`` / its head."""
+    if task is not None:
+        from ssmlora_app.data import TaskDataModule
+
+        data = TaskDataModule(task=task, tokenizer=backbone.tokenizer_source)
+        return data.task_info, data.task
+    labels = num_labels or _head_size(source)
+    if labels is None:
+        raise SsmloraError(f"{source} has no head to size from: give --task or --num_labels.")
+    kind = "regression" if labels == 1 else "single_label_classification"
+    return TaskInfo(task="", num_labels=labels, problem_type=kind, metrics=(), eval_splits=()), None
 
 
 def rebuild(
@@ -139,59 +132,41 @@ def rebuild(
     if sum(x is not None for x in (run, checkpoint, adapter)) != 1:
         raise SsmloraError("Give exactly one of --run, --checkpoint and --adapter.")
     if run is not None:
-        hparams = read_run_hparams(run)
-        info = _task_info(hparams.get("task_info"))
-        backbone = backbone or _backbone(hparams["backbone"])
-        model = _classifier(backbone, info)
-        if (Path(run) / "adapter" / "adapter_config.json").is_file():
-            load_adapter(model, Path(run) / "adapter")
+        folder = RunFolder(Path(run))
+        record = folder.record()
+        model, backbone = _from_record(record, backbone)
+        if folder.has_adapter():
+            load_adapter(model, folder.adapter_dir)
+        elif folder.last_checkpoint.is_file():
+            _load_state(
+                model, read_checkpoint(folder.last_checkpoint)[1], str(folder.last_checkpoint)
+            )
         else:
-            last = Path(run) / "checkpoints" / "last.ckpt"
-            if not last.is_file():
-                raise SsmloraError(f"{run} has neither adapter/ nor checkpoints/last.ckpt.")
-            state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
-            _from_checkpoint_state(model, hparams, state, str(last))
-        return Rebuilt(model.eval(), backbone, info)
+            raise SsmloraError(f"{run} has neither adapter/ nor checkpoints/last.ckpt.")
+        task_ = folder.task() or _named_task(record.task_info)
+        return Rebuilt(model.eval(), backbone, record.task_info, task_)
     if checkpoint is not None:
-        try:
-            ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            hparams = ckpt["ssmlora_hparams"]
-        except (OSError, KeyError, RuntimeError) as err:
-            raise SsmloraError(
-                f"Cannot read {checkpoint} as an ssmlora checkpoint: {err!r}."
-            ) from None
-        info = _task_info(hparams.get("task_info"))
-        backbone = backbone or _backbone(hparams["backbone"])
-        model = _classifier(backbone, info)
-        _from_checkpoint_state(model, hparams, ckpt["state_dict"], checkpoint)
-        return Rebuilt(model.eval(), backbone, info)
+        record, state = read_checkpoint(checkpoint)
+        model, backbone = _from_record(record, backbone)
+        _load_state(model, state, checkpoint)
+        return Rebuilt(model.eval(), backbone, record.task_info, _named_task(record.task_info))
 
     source = Path(adapter)
     if backbone is None:
         raise SsmloraError("--adapter needs --backbone (name_or_path, or a config dict).")
     if not source.exists():
         raise SsmloraError(f"No adapter at {source}.")
-    info = None
-    if task is not None:
-        from ssmlora_app.data import TaskDataModule
-
-        info = TaskDataModule(task=task, tokenizer=backbone.tokenizer_source).task_info
-    else:
-        labels = num_labels or _num_labels(source)
-        if labels is None:
-            raise SsmloraError(f"{source} has no head to size from: give --task or --num_labels.")
-        kind = "regression" if labels == 1 else "single_label_classification"
-        info = TaskInfo(task="", num_labels=labels, problem_type=kind, metrics=(), eval_splits=())
-    model = _classifier(backbone, info)
+    info, task_ = _adapter_only_info(source, backbone, task, num_labels)
+    model = objective_for(info).build_model(backbone)
     ours = source.is_dir() and "ssmlora" in json.loads((source / "adapter_config.json").read_text())
     if ours:
-        load_adapter(model, source)
+        model = load_adapter(model, source)
     else:
         load_foreign_lora(model, source, alpha=alpha)
-    return Rebuilt(model.eval(), backbone, info if task is not None else None)
+    return Rebuilt(model.eval(), backbone, info if task is not None else None, task_)
 
 
-def _probe_inputs(model: PreTrainedModel, length: int = 16) -> dict[str, torch.Tensor]:
+def _probe_inputs(model: nn.Module, length: int = 16) -> dict[str, torch.Tensor]:
     config = model.config
     length = min(length, getattr(config, "max_position_embeddings", length) - 2)
     generator = torch.Generator().manual_seed(0)
@@ -202,8 +177,8 @@ def _probe_inputs(model: PreTrainedModel, length: int = 16) -> dict[str, torch.T
 
 
 @torch.no_grad()
-def merge_into_backbone(model: PreTrainedModel, verify: bool = True) -> PreTrainedModel:
-    """Fold the adapter into the backbone and remove the adapter layers, in place: a plain HF
+def merge_into_backbone(model: nn.Module, verify: bool = True) -> nn.Module:
+    """Fold the adapter into the backbone and remove the adapter modules, in place: a plain HF
     model. With ``verify``, its logits on random tokens must equal the adapter model's."""
     inputs = _probe_inputs(model) if verify else None
     before = model(**inputs).logits.float() if verify else None
@@ -218,20 +193,38 @@ def merge_into_backbone(model: PreTrainedModel, verify: bool = True) -> PreTrain
     return model
 
 
+def merge_refusal(model: nn.Module) -> str | None:
+    """Why no ``merged/`` can be written for ``model``; None when it can."""
+    method = method_of(model)
+    if not method.mergeable:
+        return f"{method.name} adapters cannot be merged into the backbone"
+    if not isinstance(model, PreTrainedModel):
+        return (
+            f"a merged {type(model).__name__} has no transformers class to be saved as; "
+            "use the adapter folder with the backbone"
+        )
+    return None
+
+
 def _tokenizer(rebuilt: Rebuilt):
     if rebuilt.backbone.tokenizer_source is not None:
-        from ssmlora_app.tokenization import load_tokenizer
-
         return load_tokenizer(rebuilt.backbone.tokenizer_source)
-    if rebuilt.task_info is not None:
-        return get_task(rebuilt.task_info.task).builtin_tokenizer()
-    return None
+    return rebuilt.task.builtin_tokenizer() if rebuilt.task is not None else None
+
+
+def _label_names(rebuilt: Rebuilt) -> tuple[str, ...] | None:
+    info = rebuilt.task_info
+    if info is None or not info.task:
+        return None
+    if info.label_names:  # e.g. a custom task's class names, saved with the run
+        return tuple(info.label_names)
+    return rebuilt.task.label_names if rebuilt.task is not None else None
 
 
 def export_rebuilt(rebuilt: Rebuilt, out: str | Path, merge: bool = True) -> dict[str, Path]:
     """Write ``adapter/`` and, for adapters that can be merged, ``merged/`` under ``out``."""
     out = Path(out)
-    label_names = _label_names(rebuilt.task_info)
+    label_names = _label_names(rebuilt)
     written = {
         "adapter": save_adapter(
             rebuilt.model,
@@ -256,27 +249,6 @@ def export_rebuilt(rebuilt: Rebuilt, out: str | Path, merge: bool = True) -> dic
     return written
 
 
-def merge_refusal(model: nn.Module) -> str | None:
-    """Why no ``merged/`` can be written for ``model``; None when it can."""
-    method = method_of(model)
-    if not method.mergeable:
-        return f"{method.name} adapters cannot be merged into the backbone"
-    if not isinstance(model, PreTrainedModel):
-        return (
-            f"a merged {type(model).__name__} has no transformers class to be saved as; "
-            "use the adapter folder with the backbone"
-        )
-    return None
-
-
-def _label_names(info: TaskInfo | None) -> tuple[str, ...] | None:
-    if info is None or not info.task:
-        return None
-    if info.label_names:  # e.g. a custom task's class names, saved with the run
-        return tuple(info.label_names)
-    return getattr(get_task(info.task), "label_names", None)
-
-
 def export(
     out: str,
     run: str | None = None,
@@ -289,7 +261,8 @@ def export(
     merge: bool = True,
 ) -> None:
     """Export a trained adapter: ``OUT/adapter`` (adapter + head; for LoRA also a peft
-    directory) and, for LoRA, ``OUT/merged`` (a plain Hugging Face model with its tokenizer).
+    directory) and, for mergeable methods, ``OUT/merged`` (a plain Hugging Face model with its
+    tokenizer: a sequence classifier or a causal LM, as the run trained it).
 
     Args:
         out: Output folder.
@@ -301,7 +274,7 @@ def export(
         task: With --adapter: the task (sizes the head, names the labels, brings a tokenizer).
         num_labels: With --adapter and no --task: the head's outputs (default: from its weights).
         alpha: lora_alpha of a loralib state dict (not stored in the file).
-        merge: Also write the merged model (LoRA only; other adapters cannot be merged).
+        merge: Also write the merged model (mergeable methods only, e.g. LoRA).
     """
     rebuilt = rebuild(run, checkpoint, adapter, backbone, task, num_labels, alpha)
     refusal = merge_refusal(rebuilt.model)
@@ -333,11 +306,7 @@ def import_adapter(
         alpha: lora_alpha of a loralib state dict (not stored in the file).
     """
     rebuilt = rebuild(
-        adapter=source,
-        backbone=backbone,
-        task=task,
-        num_labels=num_labels,
-        alpha=alpha,
+        adapter=source, backbone=backbone, task=task, num_labels=num_labels, alpha=alpha
     )
     path = save_adapter(rebuilt.model, out, base_model_name_or_path=backbone.name_or_path)
     config = adapter_config(rebuilt.model)

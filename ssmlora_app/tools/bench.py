@@ -31,6 +31,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -815,3 +816,70 @@ def command_line(prog: str, arguments: dict) -> str:
         text = "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
         parts.append(f"--{name} {text}")
     return " ".join(parts)
+
+
+def bench(
+    preset: str = "llama-tiny",
+    methods: list[str] | None = None,
+    seq_lens: list[int] | None = None,
+    scan_seq_lens: list[int] | None = None,
+    batch_size: int | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    device: str = "cpu",
+    sequential_max_len: int = 4096,
+    threads: int | None = None,
+    clock: str = "wall",
+    out: str = "runs/bench",
+) -> None:
+    """Measure train-step time, inference time and peak memory of adapters side by side, on a
+    backbone built from a config (random weights, no hub); ratios to our LoRA are the headline.
+
+    Args:
+        preset: Backbone shape and settings: roberta-base, llama-tiny, llama-1b-shapes or
+            mamba-130m (skipped when the SDT adapter is absent).
+        methods: Subset of frozen, full, lora, peft_lora, ssmlora, lora_full_model (LoRA where
+            SSMLoRA's full_model sits, and on the paper's baseline for it), hrm_fft,
+            hrm_sequential, sdt (default: the preset's). Methods that cannot run on the preset's
+            backbone are skipped with a note.
+        seq_lens: Sequence lengths of the whole-model rows (default: the preset's, shorter on CPU).
+        scan_seq_lens: Sequence lengths of the HRM-scan-alone rows (default: the preset's; [] none).
+        batch_size: Batch size (default: the preset's, smaller on CPU).
+        warmup: Untimed rounds before timing.
+        repeats: Timed rounds, interleaved over the methods; the median is reported.
+        device: cpu or cuda (cuda synchronises around every timed call).
+        sequential_max_len: Longest sequence the slow sequential scan is timed at (scan rows).
+        threads: CPU threads for torch (default: torch's). On a CPU shared with other jobs use 1:
+            OpenMP threads that wait for a busy core make every op many times slower.
+        clock: wall (elapsed time) or cpu (the process's CPU time, CPU only): on a shared CPU,
+            cpu leaves out the time spent waiting for a core; use it with --threads 1.
+        out: Folder for bench_<preset>.json and bench_<preset>.png.
+    """
+    if preset not in PRESETS:
+        raise SsmloraError(f"Unknown bench preset {preset!r}; choose from {sorted(PRESETS)}.")
+    if warmup < 0 or repeats < 1:
+        raise SsmloraError(f"Need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SsmloraError("--device cuda asked for, but torch sees no CUDA device; use cpu.")
+    if threads is not None:
+        if threads < 1:
+            raise SsmloraError(f"--threads must be at least 1, got {threads}.")
+        torch.set_num_threads(threads)
+    result = run_bench(
+        preset,
+        PRESETS[preset],
+        methods=methods,
+        seq_lens=seq_lens,
+        scan_seq_lens=scan_seq_lens,
+        batch_size=batch_size,
+        warmup=warmup,
+        repeats=repeats,
+        device=device,
+        sequential_max_len=sequential_max_len,
+        clock=clock,
+        command=command_line("ssmlora bench", locals()),
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    paths = write_outputs(result, Path(out))
+    print(format_table(result))
+    print("Written: " + ", ".join(str(p) for p in paths.values()))

@@ -1,0 +1,2 @@
+"""Tools on top of the training path: export/import, report, sweep, bench. Nothing in the
+training path (module, data, objectives, tasks, adapters, the fit command) imports them."""
