@@ -86,7 +86,7 @@ def test_tiny_bench_measures_every_available_method(tiny_result):
 
 def test_lora_full_model_rows_sit_where_ssmlora_full_model_does(tiny_result):
     """``lora_full_model_same`` adapts exactly SSMLoRA full_model's linears: the same parameters
-    less W_c and W_d (2r² per module); ``_paper`` adds key/value/output on every layer (spec §2.3)."""
+    less W_c and W_d (2r² per module); ``_paper`` adds key/value/output on every layer (the SSMLoRA paper's baseline)."""
     by = {r["method"]: r["trainable_params"] for r in tiny_result.rows if r["seq_len"] == 8}
     # tiny Llama, 2 layers: q (layer 0) or v (layer 1), o, gate, up, down per layer + score head
     modules = 2 * 5 + 1

@@ -1,4 +1,4 @@
-"""SDT / SDLoRA on Mamba (spec §3): re-parametrised LoRA and sparse SSM deltas, the selection,
+"""SDT / SDLoRA on Mamba (arXiv 2410.09016): re-parametrised LoRA and sparse SSM deltas, the selection,
 counts, save/load and the one-command fit with warm-up, selection and resume."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""SDT / SDLoRA on Mamba-2 (spec §3): heads instead of channels (A_log, dt_bias, D) and the B/C
+"""SDT / SDLoRA on Mamba-2 (arXiv 2410.09016): heads instead of channels (A_log, dt_bias, D) and the B/C
 rows of ``in_proj`` for the best groups; selection, frozen backbone, save/load, one-command fit."""
 
 from operator import attrgetter

@@ -1,4 +1,4 @@
-"""SSMLoRA (spec §2): parameter counts, the per-forward state chain, numerics, save/load.
+"""SSMLoRA (Yu et al. 2025, arXiv 2502.04958): parameter counts, the per-forward state chain, numerics, save/load.
 
 All offline: models are built from transformers configs with random weights; the exact
 parameter counts of full-size models are taken on the meta device.
@@ -125,7 +125,7 @@ def batch(n: int = 4, length: int = 12, seed: int = 0, pad_id: int = 1):
     return ids, mask
 
 
-# ---- parameter counts (spec §2.3), on the meta device ----------------------------------------
+# ---- parameter counts (the SSMLoRA paper's settings), on the meta device -------------------------
 
 ROBERTA_LARGE = dict(
     hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096

@@ -1,5 +1,5 @@
 """A throwaway adapter written from outside the package, in one file: (IA)³ (Liu et al. 2022,
-arXiv 2205.05638, eq. in §3.3: ``y = l ⊙ (W x + b)``), a learned vector rescaling each target's
+arXiv 2205.05638: ``y = l ⊙ (W x + b)``), a learned vector rescaling each target's
 outputs, initialised to ones. Importing this file registers it as ``ia3``; the adapter battery
 (tests/test_adapter_battery.py) then runs every check on it, through fit, export, sweep and bench.
 """

@@ -8,7 +8,7 @@ state dicts.
 - ``loralib`` (the LoRA authors' library, their RoBERTa/DeBERTa GLUE checkpoints): a torch or
   safetensors state dict with the parameters directly on the layer, ``<module>.lora_A`` of shape
   ``(r, d_in)`` and ``<module>.lora_B`` of shape ``(d_out, r)``, the update being
-  ``(lora_alpha / r) · B A`` (spec §1). ``lora_alpha`` is not in the file: give it.
+  ``(lora_alpha / r) · B A`` (LoRA paper eq. 3 with its §4.1 scale). ``lora_alpha`` is not in the file: give it.
 
 Source module names are mapped onto the target model by dotted suffix, so an adapter trained on
 a bare encoder (``encoder.layer.0...``) or saved from a wrapped model (``module.roberta...``)

@@ -1,6 +1,6 @@
 """SDT / SDLoRA (Galim et al. 2025, "Parameter-Efficient Fine-Tuning of State Space Models",
 arXiv 2410.09016): LoRA on Mamba's projections plus sparse updates of selected channels and states
-of the SSM parameters (the paper's §4.2, "selective dimension tuning").
+of the SSM parameters (the paper's "selective dimension tuning").
 
 Per layer: LoRA ``out_proj' = out_proj + (alpha/r)·B·A`` on any ``target_modules`` (through the
 re-parametrisation mechanism of :mod:`ssmlora_app.adapters.lora`), and sparse deltas on

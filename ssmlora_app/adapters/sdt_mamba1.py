@@ -4,7 +4,7 @@
     x_proj'[B rows] = x_proj[B rows] + scatter(θ_B)    θ_B (N, k_c)       all N states, k_c columns
     x_proj'[C rows] = x_proj[C rows] + scatter(θ_C)    θ_C (N, k_c)
 
-(SDLoRA paper §4.2, eq. 6: selective dimension tuning of ``A``, ``B``, ``C``), with
+(the SDLoRA paper's selective dimension tuning of ``A``, ``B``, ``C``), with
 ``k_c = ⌊(1 − channel_freeze)·D⌋`` and ``k_s = ⌊(1 − state_freeze)·N⌋`` (at least 1 each).
 The selection scores ``I = ΔA_log²`` of the warm-up's dense ``ΔA_log``: the top channels by
 ``Σ_n I[d, n]``, then the top states within each kept channel.

@@ -1,4 +1,5 @@
-"""SDT's training phases and what the Mamba-1 and Mamba-2 deltas share (SDLoRA paper §4.2).
+"""SDT's training phases and what the Mamba-1 and Mamba-2 deltas share (the SDLoRA paper's
+selective dimension tuning).
 
 Every SSM-delta module is a weight re-parametrisation (``torch.nn.utils.parametrize``) with a
 ``phase`` buffer, saved with the adapter:

@@ -1,4 +1,4 @@
-"""SDT's dimension selection (SDLoRA paper §4.2, Alg. 1): the end of the warm-up, and the
+"""SDT's dimension selection (the SDLoRA paper's warm-up and selection): the end of the warm-up, and the
 Lightning callback that runs warm-up, selection and the rest of training inside one ``fit``."""
 
 from __future__ import annotations

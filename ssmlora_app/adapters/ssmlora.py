@@ -1,6 +1,6 @@
 """SSMLoRA (Yu et al., NAACL 2025, arXiv 2502.04958): LoRA plus a depth-wise state-space term.
 
-Per adapted linear ``W0: d_in → d_out`` (spec §2.1), with ``x`` of shape ``(B, L, d_in)``::
+Per adapted linear ``W0: d_in → d_out`` (the SSMLoRA paper's module), with ``x`` of shape ``(B, L, d_in)``::
 
     u     = x W_a                                                 (B, L, r)  LoRA down-projection
     h_new = h_prev (I + W_c) + u W_d                              (B, L, r)  Euler step of h' = W_c h + W_d u
@@ -17,7 +17,7 @@ with autocast off (the min-max has a 1/eps gradient while the state is constant,
 underflows in fp16). Not mergeable into ``W0``: the state term is a nonlinear function of the
 other modules' inputs, not a linear map of ``x``.
 
-Differences from the reference code, all deliberate (spec §2.2): the state is per forward and
+Differences from the paper's reference code, all deliberate: the state is per forward and
 per (chain, position), never a global carried across batches; ``scale`` defaults to ``alpha/r``
 (``scale_mode: alpha`` is the reference's ``alpha``); eps defaults to 1e-5, not 1e-8.
 """
@@ -66,7 +66,7 @@ class SSMLoRAConfig(AdapterConfig):
     adapter_type: ClassVar[str] = "ssmlora"
 
     preset: Preset | None = "full_model"
-    """Where to insert (spec §2.3): ``full_model`` (alternating query/value, attention-output,
+    """Where to insert (the paper's interval/sparse insertion settings): ``full_model`` (alternating query/value, attention-output,
     FFN-in, FFN-out in every layer, head linears), ``attention_sparse`` (alternating query/value
     only), or null to use ``target_modules``. Presets know RoBERTa, BERT, DeBERTa-v2, GPT-2,
     Llama and Mistral; ``layers_to_transform`` and ``exclude_modules`` still filter them."""
@@ -231,7 +231,7 @@ class SSMLoRALinear(AdapterLayer):
         dtype = _compute_dtype(self.W_c.dtype)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u_full = u.to(dtype)
-            # The first module of a chain starts from h = 0 (spec §2.1). Computing with the zero
+            # The first module of a chain starts from h = 0 (the paper's initial state). Computing with the zero
             # state keeps W_c in the graph (its gradient is 0), so DDP finds no unused parameter.
             h_prev = torch.zeros_like(u_full) if h_prev is None else h_prev.to(dtype)
             h_new = u_full @ self.W_d.to(dtype) + h_prev + h_prev @ self.W_c.to(dtype)  # (..., r)

@@ -1,4 +1,4 @@
-"""The depth-wise state chain of SSMLoRA (spec §2.2): one store per model, reset every forward.
+"""The depth-wise state chain of SSMLoRA (the paper's state passed between layers): one store per model, reset every forward.
 
 SSMLoRA's recurrence runs over **depth**, not over tokens: the module at position ``l`` of a chain
 (e.g. the value projection of the l-th adapted layer) reads the state ``h`` written by position

@@ -1,4 +1,4 @@
-"""SSMLoRA insertion presets (spec §2.3) and their LoRA baselines, per architecture.
+"""SSMLoRA insertion presets (the SSMLoRA paper's Tables 1, 2 and 6-8) and their LoRA baselines, per architecture.
 
 - ``attention_sparse`` (paper Tables 6–8): query at even layers, value at odd layers, key never
   (GPT-2's fused ``c_attn`` at even layers).

@@ -1,4 +1,5 @@
-"""Balanced truncation of a diagonal discrete LTI system, kept in modal (diagonal) form (spec §4.3).
+"""Balanced truncation of a diagonal discrete LTI system, kept in modal (diagonal) form (the HRM
+paper's Hankel reduced-order model; the error bound is Glover's).
 
 For ``s_t = diag(a) s_{t−1} + B u_t``, ``y_t = C s_t`` with ``a = Ā (d,)``, ``|a| < 1``, in float64:
 

@@ -1,6 +1,6 @@
 """Minimal diagonal LTI scan: an exact FFT path, a sequential reference, and a decode step.
 
-The system (spec §4.1-4.2), with ``Ā`` diagonal and time-invariant::
+The system of the HRM paper's adapter, with ``Ā`` diagonal and time-invariant::
 
     s_t = Ā ⊙ s_{t-1} + B̄ u_t,   s_{-1} = s0 (zero unless carried over)
     y_t = Re(C s_t)

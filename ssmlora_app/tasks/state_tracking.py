@@ -1,4 +1,5 @@
-"""State-tracking tasks generated in code, seeded and deterministic (spec §4.5), plus a loader for
+"""State-tracking tasks generated in code, seeded and deterministic (the HRM paper's state-tracking
+experiments; group word problems as in "The Illusion of State"), plus a loader for
 group word problems stored as CSV (``seed,input,target``, e.g. ``A5=10.csv``).
 
 Every generated task trains at ``train_length`` and evaluates at ``train_length`` (``validation``,
@@ -170,7 +171,7 @@ class _GeneratedTask(Task):
 
 @dataclass(frozen=True)
 class DFATask(_GeneratedTask):
-    """DFA state tracking (spec §4.5): a new automaton per example, start state 0.
+    """DFA state tracking (the HRM paper's task): a new automaton per example, start state 0.
 
     Token ids: states ``0..n-1``, TABLE_SEP ``n``, symbols ``n+1..n+k``, QUERY_SEP ``n+k+1``
     (binary: ``n+3``), pad last. Sequence: transition table (``n·k`` tokens, state-major) |
@@ -181,7 +182,7 @@ class DFATask(_GeneratedTask):
     n_states: int = 4
     """Number of states n."""
     n_symbols: int = 2
-    """Alphabet size k (binary in the spec)."""
+    """Alphabet size k (binary in the HRM paper)."""
     kind: Literal["random", "permutation"] = "random"
     """``random`` tables (may absorb) or ``permutation`` automata (each symbol permutes)."""
     lm_metrics: ClassVar[tuple[str, ...]] = ("token_accuracy",)

@@ -24,7 +24,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def word_tokenizer(words: list[str], pad: str = "<pad>") -> PreTrainedTokenizerFast:
     """Whitespace-split words with ids in list order, ``pad`` last; no BOS/EOS, so a synthetic
-    layout (spec §4.5 token ids) reaches the model unchanged."""
+    layout (the DFA token ids of the HRM paper's state-tracking task) reaches the model unchanged."""
     vocab = {w: i for i, w in enumerate([*words, pad])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=pad))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
