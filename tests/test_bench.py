@@ -62,6 +62,7 @@ def tiny_result(one_thread):
     return run_bench("tiny", TINY, warmup=0, repeats=1)
 
 
+@pytest.mark.slow
 def test_tiny_bench_measures_every_available_method(tiny_result):
     methods = {r["method"] for r in tiny_result.rows}
     assert {"frozen", "full", "lora", "peft_lora", "hrm_fft", "hrm_sequential"} <= methods
@@ -84,6 +85,7 @@ def test_tiny_bench_measures_every_available_method(tiny_result):
     assert set(tiny_result.exponents) >= {"lora", "hrm_fft", "scan_fft", "scan_sequential"}
 
 
+@pytest.mark.slow
 def test_lora_full_model_rows_sit_where_ssmlora_full_model_does(tiny_result):
     """``lora_full_model_same`` adapts exactly SSMLoRA full_model's linears: the same parameters
     less W_c and W_d (2r² per module); ``_paper`` adds key/value/output on every layer (the SSMLoRA paper's baseline)."""
@@ -94,6 +96,7 @@ def test_lora_full_model_rows_sit_where_ssmlora_full_model_does(tiny_result):
     assert by["lora_full_model_paper"] > by["lora_full_model_same"]
 
 
+@pytest.mark.slow
 def test_scan_rows_compare_fft_and_sequential(tiny_result):
     comps = {(r["component"], r["seq_len"]): r for r in tiny_result.scan_rows}
     assert set(comps) == {
@@ -106,6 +109,7 @@ def test_scan_rows_compare_fft_and_sequential(tiny_result):
     assert comps["lora_bypass", 8]["vs_lora_bypass"] == 1.0
 
 
+@pytest.mark.slow
 def test_outputs_table_json_and_png(tiny_result, tmp_path):
     paths = write_outputs(tiny_result, tmp_path)
     data = json.loads(paths["json"].read_text())
@@ -195,6 +199,7 @@ def test_cli_bench_parses_and_rejects_bad_input(capsys):
     assert "Unknown bench preset" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_bench_runs_a_tiny_measurement(tmp_path, capsys):
     main(
         [

@@ -36,6 +36,7 @@ def fit(tmp_path: Path, *extra: str, version: str = "v") -> Path:
     return tmp_path / "quickstart" / version
 
 
+@pytest.mark.slow
 def test_quickstart_beats_chance_and_exports(tmp_path, caplog):
     caplog.set_level("INFO")
     run = fit(tmp_path)
@@ -61,6 +62,7 @@ class StopAfterFirstEpoch(L.Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path):
     quick = ["--trainer.max_epochs=2", "--data.max_train_samples=256", "--data.max_eval_samples=64"]
     straight = fit(tmp_path, *quick, version="straight")
@@ -81,6 +83,7 @@ FRAGMENTS = ("strategy", "precision")
 """Config folders whose files are combined with a task config rather than run alone."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_shipped_config_parses(config, capsys):
     configs = ["--config", str(config)]
@@ -102,6 +105,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -132,6 +136,7 @@ def test_bad_input_fails_early_with_a_clear_message(tmp_path, override, message,
     assert not (tmp_path / "quickstart").exists() or not list(tmp_path.glob("**/*.ckpt"))
 
 
+@pytest.mark.slow
 def test_the_console_script_prints_one_line_errors(tmp_path):
     result = run_cli("fit", "--config", "configs/quickstart.yaml", "--data.task=sst3")
     assert result.returncode == 2
@@ -139,6 +144,7 @@ def test_the_console_script_prints_one_line_errors(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_hrm_fit_reduce_then_validate_the_reduced_adapter(tmp_path, caplog, capsys):
     caplog.set_level("INFO")
     llama = (
@@ -230,6 +236,7 @@ def test_every_hub_config_injects_into_its_backbone_shapes(path):
     assert count_trainable_parameters(model, include_head=False) > 0
 
 
+@pytest.mark.slow
 def test_a_misspelt_yaml_key_is_named(tmp_path, capsys):
     typo = tmp_path / "typo.yaml"
     typo.write_text("data:\n  batch_sise: 4\n")
@@ -238,6 +245,7 @@ def test_a_misspelt_yaml_key_is_named(tmp_path, capsys):
     assert "does not accept option 'data.batch_sise'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_adapter_configuration_is_refused(tmp_path, capsys):
     quick = ["--trainer.max_epochs=1", "--data.max_train_samples=64", "--data.max_eval_samples=32"]
     run = fit(tmp_path, *quick, version="r8")
@@ -256,6 +264,7 @@ def test_a_checkpoint_from_another_adapter_configuration_is_refused(tmp_path, ca
     )
 
 
+@pytest.mark.slow
 def test_float32_matmul_precision_is_applied_before_the_run(tmp_path, capsys):
     before = torch.get_float32_matmul_precision()
     common = [

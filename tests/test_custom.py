@@ -268,6 +268,7 @@ def _config(tmp_path, data: dict, backbone: dict, adapter: dict | None = None) -
     return str(path)
 
 
+@pytest.mark.slow
 def test_fit_then_predict_writes_the_original_label_strings(tmp_path, caplog):
     caplog.set_level("INFO")
     rows = [{"text": f"good {i}", "label": "positive"} for i in range(10)]
@@ -308,6 +309,7 @@ LORA = {"class_path": "ssmlora_app.adapters.LoRAConfig",
         "init_args": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fit_on_a_prompt_completion_jsonl(tmp_path, caplog):
     caplog.set_level("INFO")
     write(tmp_path / "sft.jsonl", LM_ROWS)
@@ -346,6 +348,7 @@ def _validation_rows(args: dict) -> list[dict]:
     return list(task.load_lm_split("validation", None))
 
 
+@pytest.mark.slow
 def test_predict_writes_the_greedy_completion_of_a_teacher_forced_sft_run(tmp_path):
     write(tmp_path / "sft.jsonl", LM_ROWS)
     args = {
@@ -389,6 +392,7 @@ def test_predict_writes_the_greedy_completion_of_a_teacher_forced_sft_run(tmp_pa
     assert expected != [_greedy_answer(model, tokenizer, r["prompt"], 8) for r in rows]
 
 
+@pytest.mark.slow
 def test_predict_writes_answers_of_a_generate_task_with_escaped_tsv(tmp_path):
     rows = [{"prompt": f"Say {w}:\t", "completion": f" {w}\tand\nmore"} for w in "abcdefgh"]
     write(tmp_path / "gen.jsonl", rows)

@@ -74,6 +74,7 @@ ADAPTERS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter", list(ADAPTERS))
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, adapter):
     extra = ADAPTERS[adapter]

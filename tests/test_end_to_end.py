@@ -62,6 +62,7 @@ def write_config(tmp_path, shared_data, task):
     return path, tmp_path / task / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["sst2", "cola"])
 def test_fit_resume_validate_export_reload(tmp_path, shared_data, task, caplog):
     caplog.set_level("INFO")
@@ -108,6 +109,7 @@ def _mean_loss(model, data):
     return float(torch.stack(losses).mean())
 
 
+@pytest.mark.slow
 def test_ssmlora_fit_lowers_the_training_loss_on_real_sst2(tmp_path, shared_data):
     config, run = write_config(tmp_path, shared_data, "sst2")
     adapter = (

@@ -54,6 +54,7 @@ def reference(run):
     return load_adapter(model, run / "adapter").eval(), backbone
 
 
+@pytest.mark.slow
 def test_merged_model_loads_with_automodel_and_gives_the_same_logits(run, tmp_path, capsys):
     main(["export", "--run", str(run), "--out", str(tmp_path / "out")])
     assert "merged:" in capsys.readouterr().out
@@ -80,6 +81,7 @@ def test_merged_model_loads_with_automodel_and_gives_the_same_logits(run, tmp_pa
     assert not torch.allclose(plain.state_dict()[name], merged.state_dict()[name])
 
 
+@pytest.mark.slow
 def test_exported_adapter_loads_in_peft_and_checkpoint_gives_the_same(run, tmp_path):
     main(["export", "--run", str(run), "--out", str(tmp_path / "a"), "--merge=false"])
     assert not (tmp_path / "a" / "merged").exists()
@@ -209,6 +211,7 @@ def test_foreign_adapters_fail_clearly(tmp_path):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_predict_writes_label_files_that_match_the_model(run, tmp_path):
     out = tmp_path / "pred"
     main(

@@ -102,6 +102,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
@@ -124,6 +125,7 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     assert 0 < checkpoint["global_step"] < 100 * 63
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_adapter(tmp_path):
     """8 steps per epoch, a checkpoint every 5 steps, a kill at step 7: the run resumes from
     step 5 (mid-epoch) and ends with the adapter of a run that was never interrupted."""

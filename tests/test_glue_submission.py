@@ -123,6 +123,7 @@ def test_test_files_load_with_their_own_index_and_no_label(tmp_path, task):
             assert ds["text_b"] == ([None] * n if single else [b for _, b in TEXTS[:n]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(TEST_LAYOUTS))
 def test_predict_writes_the_glue_submission_files(tmp_path, tokenizer_dir, task):
     write_glue_with_test(tmp_path / "glue", task)
@@ -148,6 +149,7 @@ def test_predict_writes_the_glue_submission_files(tmp_path, tokenizer_dir, task)
         assert all(set(r) == {"index", "prediction"} for r in records)  # no placeholder label
 
 
+@pytest.mark.slow
 def test_each_index_gets_its_own_rows_prediction(tmp_path, tokenizer_dir):
     """STS-B scores differ per row: each written index carries the score of the row that has it
     in the test file (LoRA's B = 0 untrained, so the backbone and head alone give it)."""
@@ -184,6 +186,7 @@ def test_unlabelled_batches_carry_no_labels_and_dev_predictions_keep_theirs(tmp_
     assert next(iter(dev.predict_dataloader()[0])).labels.tolist() == [1, 0]
 
 
+@pytest.mark.slow
 def test_missing_test_files_are_named_with_the_fix(tmp_path, tokenizer_dir, capsys):
     write_glue(tmp_path / "glue", "mnli")  # dev and train only
     (tmp_path / "glue" / "MNLI" / "test_matched.tsv").write_text("index\tsentence1\tsentence2\n")

@@ -24,6 +24,7 @@ def word_tokenizer(tmp_path):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("task", "expected"),
     [

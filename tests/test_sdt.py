@@ -283,6 +283,7 @@ def fit(tmp_path, *extra: str, version: str):
     return tmp_path / "quickstart_sdt" / version
 
 
+@pytest.mark.slow
 def test_one_fit_warms_up_selects_trains_and_resumes_across_the_warmup(tmp_path, caplog):
     caplog.set_level("INFO")
     straight = fit(tmp_path, version="straight")  # 3 steps per epoch, selection after step 4

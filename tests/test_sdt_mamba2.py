@@ -3,6 +3,7 @@ rows of ``in_proj`` for the best groups; selection, frozen backbone, save/load, 
 
 from operator import attrgetter
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -204,6 +205,7 @@ def test_num_zero_prunes_the_lowest_scoring_heads_columns_of_out_proj():
     assert (m.out_proj.weight[:, pruned] == 0).all()
 
 
+@pytest.mark.slow
 def test_one_fit_on_mamba2_warms_up_selects_and_trains(tmp_path, caplog):
     caplog.set_level("INFO")
     main(

@@ -30,6 +30,7 @@ def test_bad_grids_are_refused():
         sweep_commands(["nope.yaml"], [0], None, "out", [])
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_then_report(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     runs = tmp_path / "runs"

@@ -144,6 +144,7 @@ def test_every_task_serves_batches_that_decode_to_its_text(name, data_root):
     assert batch.size == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TASKS))
 def test_every_task_name_parses_on_the_command_line(name, capsys):
     with pytest.raises(SystemExit) as done:
@@ -195,6 +196,7 @@ def _data(args: list[str]) -> TaskDataModule:
     return cli.datamodule
 
 
+@pytest.mark.slow
 def test_cli_typed_fields_equal_the_yaml_form(data_root, tmp_path):
     typed = _data(["--data.task=DFATask", "--data.task.train_size=400", "--data.task.seed=1",
                    "--data.task.eval_lengths=[8, 12]", "--data.task.train_length=6"])  # fmt: skip
@@ -227,6 +229,7 @@ def test_cli_typed_fields_equal_the_yaml_form(data_root, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_an_unknown_task_field_or_name_is_refused(capsys):
     with pytest.raises(SystemExit) as done:
         main(["fit", "--config", "configs/tiny/llama_quality_lora.yaml", "--data.task=DFATask",

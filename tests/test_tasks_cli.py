@@ -97,6 +97,7 @@ def check_choice_accuracy(metrics: dict) -> None:
     assert metrics["val/accuracy"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_dfa_state_tracking_fit_validate_at_longer_lengths(tmp_path):
     fields = ["--data.task.train_length=8", "--data.task.eval_lengths=[16]",
               "--data.task.train_size=192", "--data.task.eval_size=32"]  # fmt: skip
@@ -108,6 +109,7 @@ def test_dfa_state_tracking_fit_validate_at_longer_lengths(tmp_path):
         assert metrics[f"{prefix}/token_accuracy"] == pytest.approx(expected, abs=1e-6), split
 
 
+@pytest.mark.slow
 def test_quality_multiple_choice_fit_validate(shared_data, tmp_path):
     leval = shared_data / "longctx" / "leval"
     metrics = run(
@@ -122,6 +124,7 @@ def test_quality_multiple_choice_fit_validate(shared_data, tmp_path):
     check_choice_accuracy(metrics)
 
 
+@pytest.mark.slow
 def test_qmsum_generation_fit_validate(shared_data, tmp_path):
     leval = shared_data / "longctx" / "leval"
     metrics = run(
@@ -136,6 +139,7 @@ def test_qmsum_generation_fit_validate(shared_data, tmp_path):
     assert {"val/rouge1", "val/rouge2", "val/rougeL"} <= metrics.keys()
 
 
+@pytest.mark.slow
 def test_superglue_causal_lm_fit_validate(tmp_path):
     rows = [
         {"question": f"is it {w}", "passage": f"It is {w}. " * 3, "label": i % 2 == 0, "idx": i}
@@ -155,6 +159,7 @@ def test_superglue_causal_lm_fit_validate(tmp_path):
     check_choice_accuracy(metrics)
 
 
+@pytest.mark.slow
 def test_byte_lm_fit_validate_reports_bits_per_byte(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
@@ -193,6 +198,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_predict_choice_task_writes_the_chosen_option_index(tmp_path):
     words = ["rain", "sun", "wind", "snow", "fog", "heat"]
     rows = [
@@ -224,6 +230,7 @@ def test_predict_choice_task_writes_the_chosen_option_index(tmp_path):
     assert set(expected) == {0, 1}
 
 
+@pytest.mark.slow
 def test_predict_teacher_forced_task_writes_as_many_tokens_as_the_target(tmp_path):
     """A word problem: no references and max_new_tokens 0, so each answer is as long as its
     target (the running products); one file per evaluation split."""
