@@ -286,3 +286,20 @@ def test_float32_matmul_precision_is_applied_before_the_run(tmp_path, capsys):
         assert err.value.code == 2 and "float32_matmul_precision" in capsys.readouterr().err
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.slow
+def test_the_config_of_an_older_run_still_parses(tmp_path, capsys):
+    """A run's saved config.yaml from before the adapter contract and the typed tasks holds the
+    old callback keys and ``data.task_args: null``: accepted (and ignored)."""
+    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    config["hrm_diagnostics"] = {"every_n_steps": 50, "per_layer_histograms": True}
+    config["ssmlora_diagnostics"] = {"every_n_steps": 50}
+    config["sdt_selection"] = {}
+    config["data"]["task_args"] = None
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert done.value.code in (0, None)
+    assert "task: quickstart" in capsys.readouterr().out
