@@ -155,8 +155,12 @@ def _import(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def _first_line(function: Callable) -> str:
-    return (inspect.getdoc(function) or "").split("\n", 1)[0]
+def _summary(function: Callable) -> str:
+    """The first sentence (or clause) of a command's docstring, on one line."""
+    paragraph = " ".join((inspect.getdoc(function) or "").split("\n\n", 1)[0].split())
+    for end in (". ", ": ", " ("):
+        paragraph = paragraph.split(end, 1)[0]
+    return paragraph.rstrip(".")
 
 
 def print_help() -> None:
@@ -165,11 +169,11 @@ def print_help() -> None:
     lines.append("Training (YAML configs: ssmlora fit --config configs/quickstart.yaml):")
     lines += [f"  {name:<9} {text}" for name, text in LIGHTNING_COMMANDS.items()]
     lines += ["", "Tools:"]
-    lines += [f"  {name:<9} {_first_line(_import(target))}" for name, target in TOOLS.items()]
+    lines += [f"  {name:<9} {_summary(_import(target))}" for name, target in TOOLS.items()]
     methods = [(n, m, f) for m in ADAPTERS.values() for n, f in m.commands.items()]
     if methods:
         lines += ["", "Adapter methods' commands:"]
-        lines += [f"  {n:<9} ({m.name}) {_first_line(f)}" for n, m, f in methods]
+        lines += [f"  {n:<9} ({m.name}) {_summary(f)}" for n, m, f in methods]
     print("\n".join(lines))
 
 
