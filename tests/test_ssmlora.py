@@ -443,7 +443,10 @@ def test_matches_float64_reference(norm, pass_normalised_state, scale_mode):
     randomise_state_params(model, std=0.5)
     x = torch.randn(2, 5, 6)
     expected = reference_forward(model, x, config)
-    torch.testing.assert_close(model(x).double(), expected, atol=1e-5, rtol=1e-5)
+    # fp32: rounding of the state is amplified by the min-max division (1 / range of h) and by
+    # scale (8 under scale_mode alpha), so 1e-5 is too tight for some draws; the float64 run
+    # below checks the arithmetic itself to 1e-12.
+    torch.testing.assert_close(model(x).double(), expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(model.double()(x.double()), expected, atol=1e-12, rtol=1e-10)
 
 
