@@ -187,7 +187,11 @@ def rebuild(
     if task is not None:
         from ssmlora_app.tasks.datamodule import TaskDataModule
 
-        info = TaskDataModule(task=task, tokenizer=backbone.tokenizer_source).task_info
+        info = TaskDataModule(
+            task=task,
+            tokenizer=backbone.tokenizer_source,
+            tokenizer_gguf_file=backbone.tokenizer_gguf_file,
+        ).task_info
     else:
         labels = num_labels or _num_labels(source)
         if labels is None:
@@ -238,7 +242,8 @@ def _tokenizer(rebuilt: Rebuilt):
     if rebuilt.backbone.tokenizer_source is not None:
         from ssmlora_app.tokenization import load_tokenizer
 
-        return load_tokenizer(rebuilt.backbone.tokenizer_source)
+        backbone = rebuilt.backbone
+        return load_tokenizer(backbone.tokenizer_source, gguf_file=backbone.tokenizer_gguf_file)
     if rebuilt.task_info is not None:
         return get_task(rebuilt.task_info.task).builtin_tokenizer()
     return None

@@ -103,6 +103,10 @@ class AdapterModule(L.LightningModule):
                 pad_token_id=task_info.pad_token_id,
             )
         self._check_positions()
+        # from_pretrained returns the model in eval mode and Lightning keeps submodules' modes:
+        # without this the frozen backbone would fine-tune with its dropout off. Trained in
+        # train mode as peft and HF Trainer do (model.backbone.dropout: false turns it off).
+        self.model.train()
         inject_adapters(self.model, adapter)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(

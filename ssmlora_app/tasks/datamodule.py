@@ -18,7 +18,13 @@ from ssmlora_app.tasks import TaskInfo, get_task
 from ssmlora_app.tasks.base import GROUP_COLUMN, INDEX_COLUMN, LM_COLUMNS
 from ssmlora_app.tasks.lm import TRUNCATION_POLICIES, CausalLMCollator, LMFormat, encode_lm_example
 from ssmlora_app.tasks.samplers import EpochShuffleSampler, ResumableDataLoader, ShardSampler
-from ssmlora_app.tokenization import load_tokenizer
+from ssmlora_app.tokenization import check_tokenizer, id_space, load_tokenizer
+
+TEXT_COLUMNS = ("text_a", "text_b", "document", "prompt", "target")
+"""Text columns of a classification (``text_a``/``text_b``) or causal-LM split."""
+
+TOKENIZER_SAMPLE = 32
+"""Training examples whose text :func:`check_tokenizer` reads."""
 
 
 def _tokenize(batch: dict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> dict:
@@ -54,6 +60,7 @@ class TaskDataModule(L.LightningDataModule):
         task: str = "quickstart",
         data_dir: str | None = None,
         tokenizer: str | None = None,
+        tokenizer_gguf_file: str | None = None,
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -79,6 +86,8 @@ class TaskDataModule(L.LightningDataModule):
                 task folder or the GLUE root); null loads the task from the hub.
             tokenizer: Tokenizer hub id or folder; linked from ``model.backbone`` by the CLI.
                 Null uses the task's own tokenizer (synthetic tasks only).
+            tokenizer_gguf_file: Read the tokenizer from this GGUF file inside ``tokenizer``;
+                linked from ``model.backbone.gguf_file`` by the CLI.
             max_length: Truncate inputs to this many tokens; batches are padded to their longest.
             batch_size: Training batch size (per device).
             eval_batch_size: Evaluation batch size; default ``batch_size``.
@@ -133,8 +142,11 @@ class TaskDataModule(L.LightningDataModule):
             raise SsmloraError(
                 f"data.truncation={truncation!r}: use one of {', '.join(TRUNCATION_POLICIES)}."
             )
+        # A tokenizer from outside the task is checked against a sample of the training text
+        # (see check_tokenizer) when that split is prepared; the task's own ones need no check.
+        self._check_tokenizer = tokenizer is not None
         if tokenizer is not None:
-            self.tokenizer = load_tokenizer(tokenizer)
+            self.tokenizer = load_tokenizer(tokenizer, gguf_file=tokenizer_gguf_file)
         else:
             self.tokenizer = self.task.builtin_tokenizer()
             if self.tokenizer is None:
@@ -159,7 +171,7 @@ class TaskDataModule(L.LightningDataModule):
             problem_type="regression" if self.task.is_regression else "single_label_classification",
             metrics=self.task.lm_metrics if is_lm else self.task.metrics,
             eval_splits=self.task.eval_splits,
-            vocab_size=len(self.tokenizer),
+            vocab_size=id_space(self.tokenizer),
             pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
@@ -238,6 +250,11 @@ class TaskDataModule(L.LightningDataModule):
                 )
                 + ": check the data files and data.max_train_samples / data.max_eval_samples."
             )
+        if split == "train" and self._check_tokenizer:
+            columns = [c for c in TEXT_COLUMNS if c in ds.column_names]
+            sample = ds.select(range(min(TOKENIZER_SAMPLE, len(ds))))
+            texts = [row[c] for row in sample for c in columns if isinstance(row[c], str)]
+            check_tokenizer(self.tokenizer, texts, f"the first {len(sample)} {split} examples")
         if self.task_info.grouped and GROUP_COLUMN not in ds.column_names:
             raise SsmloraError(
                 f"Task {self.task.name!r} is grouped but its {split} split has no "

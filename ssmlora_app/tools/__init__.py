@@ -1,0 +1,1 @@
+"""Tools beside the training path (never imported by it): fetching real weights, ...."""
