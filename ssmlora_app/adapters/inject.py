@@ -59,8 +59,15 @@ def adapter_config(model: nn.Module) -> AdapterConfig:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors (every adapter layer's own parameters and buffers, not its
-    ``base_layer``) and the fully trained head modules, keyed by their names in ``model``."""
-    heads = adapter_config(model).modules_to_save or []
+    ``base_layer``) and the task head, keyed by their names in ``model``.
+
+    The head is the fully trained ``modules_to_save`` and the model's freshly initialised
+    top-level head (:func:`default_head`) whole, frozen parts included: when an adapter wraps the
+    head's linears (SSMLoRA's ``full_model``), their base weights are a random draw that no
+    pretrained checkpoint holds, so a reload without them would give other logits."""
+    heads = list(
+        dict.fromkeys([*(adapter_config(model).modules_to_save or []), *default_head(model)])
+    )
     layers = [name for name, m in model.named_modules() if isinstance(m, AdapterLayer)]
     state = {}
     for key, tensor in model.state_dict(keep_vars=True).items():
