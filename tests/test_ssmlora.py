@@ -525,6 +525,10 @@ def test_diagnostics_and_callback():
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BACKBONES = {"roberta-base": ("roberta", {}), "roberta-large": ("roberta", ROBERTA_LARGE)}
 BACKBONES["gpt2"] = ("gpt2", {})
+# all-MiniLM-L6-v2's shapes (configs/quickstart.yaml; the real weights come from `make weights`)
+MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+          "intermediate_size": 1536, "vocab_size": 30522}  # fmt: skip
+BACKBONES["~/.cache/ssmlora/weights/all-MiniLM-L6-v2"] = ("bert", MINILM)
 NUM_LABELS = {"stsb": 1, "mnli": 3}
 SST2_COUNTS = {"roberta-base": 1_057_040, "roberta-large": 396_288, "gpt2": 148_224}
 SSMLORA_CONFIGS = sorted(
