@@ -23,7 +23,8 @@ import sqlite3
 import pytest
 
 from ssmlora_app.scoring import ScoringError
-from ssmlora_app.scoring.spider import evaluate, hardness
+from ssmlora_app.scoring.spider import evaluate
+from ssmlora_app.scoring.spider_match import hardness
 from ssmlora_app.scoring.spider_sql import Schema, SqlParseError, parse_sql, tokenize
 
 LEVELS = ("easy", "medium", "hard", "extra")

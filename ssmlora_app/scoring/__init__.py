@@ -14,7 +14,8 @@ evaluator prints (SQuAD and L-Eval in percent, the others in [0, 1]).
   for SAMSum in the PEFT-of-SSMs benchmark).
 - :mod:`.bleu`, :mod:`.meteor`, :mod:`.dart`: DART's BLEU and METEOR as the benchmark computes
   them (HF ``evaluate``'s ``bleu`` and ``meteor``), and readers for DART's JSON and XML references.
-- :mod:`.spider_sql`, :mod:`.spider`: Spider exact set match (with hardness levels) and execution
+- :mod:`.spider_sql`, :mod:`.spider_match`, :mod:`.spider`: Spider exact set match (with hardness
+  levels) and execution
   accuracy, as taoyds/spider ``evaluation.py`` computes them.
 """
 
