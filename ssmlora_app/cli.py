@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ssmlora_app.adapters import ADAPTERS, AdapterConfig
+from ssmlora_app.backbone import expand_path
 from ssmlora_app.callbacks import (
     AdapterDiagnostics,
     CheckpointOnSigterm,
@@ -51,7 +52,13 @@ TRAINER_DEFAULTS = {
 
 
 def _tokenizer_of(backbone) -> str | None:
-    return backbone.tokenizer or backbone.name_or_path
+    """``data.tokenizer`` from ``model.backbone`` (a Namespace here, not the dataclass)."""
+    return expand_path(backbone.tokenizer or backbone.name_or_path)
+
+
+def _tokenizer_gguf_of(backbone) -> str | None:
+    """``data.tokenizer_gguf_file``: the backbone's GGUF file, unless a tokenizer is given."""
+    return getattr(backbone, "gguf_file", None) if backbone.tokenizer is None else None
 
 
 def _check_writable(folder: str | None) -> None:
@@ -117,6 +124,9 @@ class SsmloraCLI(LightningCLI):
             "fp32; null leaves torch's setting alone. CPUs compute in full fp32 either way.",
         )
         parser.link_arguments("model.backbone", "data.tokenizer", compute_fn=_tokenizer_of)
+        parser.link_arguments(
+            "model.backbone", "data.tokenizer_gguf_file", compute_fn=_tokenizer_gguf_of
+        )
         parser.link_arguments("data.task_info", "model.task_info", apply_on="instantiate")
 
 

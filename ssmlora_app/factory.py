@@ -23,4 +23,8 @@ def build_model(
     load_kwargs = method.backbone_kwargs(adapter) if method.backbone_kwargs is not None else None
     model = objective.build_model(backbone, load_kwargs)
     objective.check_lengths(model)
+    # from_pretrained returns the model in eval mode and Lightning keeps submodules' modes:
+    # without this the frozen backbone would fine-tune with its dropout off. Trained in train
+    # mode as peft and HF Trainer do (model.backbone.dropout: false zeroes its dropout instead).
+    model.train()
     return inject_adapters(model, adapter)

@@ -32,6 +32,12 @@ def pytest_addoption(parser):
         help="Folder with the real data (GLUE TSVs, RoBERTa tokenizer); tests using it skip "
         "when it is absent.",
     )
+    parser.addoption(
+        "--real-weights",
+        default=os.environ.get("SSMLORA_WEIGHTS", "~/.cache/ssmlora/weights"),
+        help="Folder of real pretrained weights written by `make weights` (MiniLM, SmolLM2); "
+        "tests using it skip when it is absent.",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +45,21 @@ def shared_data(request) -> Path:
     path = Path(request.config.getoption("--shared-data"))
     if not (path / "glue").is_dir():
         pytest.skip(f"real data folder {path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_weights(request) -> Path:
+    """The folder of real pretrained weights written by ``make weights`` (MiniLM, SmolLM2); the
+    tests using it skip, with one line naming the command, when it is incomplete."""
+    from ssmlora_app.tools.weights import PACKAGES, SMOLLM2_DENSE, is_complete
+
+    path = Path(request.config.getoption("--real-weights")).expanduser()
+    missing = [p.requirement for p in PACKAGES.values() if not is_complete(p, path)]
+    if not (path / SMOLLM2_DENSE / "model.safetensors").is_file():
+        missing.append(SMOLLM2_DENSE)
+    if missing:
+        pytest.skip(f"real weights absent from {path} ({', '.join(missing)}): run `make weights`")
     return path
 
 

@@ -25,7 +25,7 @@ def fit(tmp_path: Path, *extra: str, version: str = "v") -> Path:
         [
             "fit",
             "--config",
-            str(REPO / "configs" / "quickstart.yaml"),
+            str(REPO / "configs" / "quickstart_random.yaml"),
             f"--trainer.logger.init_args.save_dir={tmp_path}",
             f"--trainer.logger.init_args.version={version}",
             "--trainer.enable_progress_bar=false",
@@ -33,7 +33,7 @@ def fit(tmp_path: Path, *extra: str, version: str = "v") -> Path:
             *extra,
         ]
     )
-    return tmp_path / "quickstart" / version
+    return tmp_path / "quickstart_random" / version
 
 
 @pytest.mark.slow
@@ -88,7 +88,7 @@ FRAGMENTS = ("strategy", "precision")
 def test_every_shipped_config_parses(config, capsys):
     configs = ["--config", str(config)]
     if config.parent.name in FRAGMENTS:
-        configs = ["--config", str(REPO / "configs" / "quickstart.yaml"), *configs]
+        configs = ["--config", str(REPO / "configs" / "quickstart_random.yaml"), *configs]
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *configs, "--print_config"])
     assert exit_info.value.code == 0
@@ -125,7 +125,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_input_fails_early_with_a_clear_message(tmp_path, override, message, capsys):
-    args = ["fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
+    args = ["fit", "--config", str(REPO / "configs" / "quickstart_random.yaml"),
             f"--trainer.logger.init_args.save_dir={tmp_path}", override]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -133,12 +133,12 @@ def test_bad_input_fails_early_with_a_clear_message(tmp_path, override, message,
     output = capsys.readouterr()
     assert message in output.err
     assert "Traceback" not in output.err
-    assert not (tmp_path / "quickstart").exists() or not list(tmp_path.glob("**/*.ckpt"))
+    assert not (tmp_path / "quickstart_random").exists() or not list(tmp_path.glob("**/*.ckpt"))
 
 
 @pytest.mark.slow
 def test_the_console_script_prints_one_line_errors(tmp_path):
-    result = run_cli("fit", "--config", "configs/quickstart.yaml", "--data.task=sst3")
+    result = run_cli("fit", "--config", "configs/quickstart_random.yaml", "--data.task=sst3")
     assert result.returncode == 2
     assert "ssmlora: error: Unknown task 'sst3'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -177,7 +177,7 @@ def test_hrm_fit_reduce_then_validate_the_reduced_adapter(tmp_path, caplog, caps
         [
             "validate",
             "--config",
-            str(REPO / "configs" / "quickstart.yaml"),
+            str(REPO / "configs" / "quickstart_random.yaml"),
             llama,
             "--model.adapter=null",
             f"--model.init_adapter_from={reduced}",
@@ -201,6 +201,10 @@ HUB_SHAPES = {
                                   "num_key_value_heads": 8, "vocab_size": 32000},
     "state-spaces/mamba-130m-hf": {"model_type": "mamba", "hidden_size": 768, "num_hidden_layers": 24,
                                    "state_size": 16, "expand": 2, "vocab_size": 50280},
+    # the real encoder `make weights` fetches (configs/quickstart.yaml)
+    "~/.cache/ssmlora/weights/all-MiniLM-L6-v2": {"model_type": "bert", "hidden_size": 384,
+                                                  "num_hidden_layers": 6, "num_attention_heads": 12,
+                                                  "intermediate_size": 1536, "vocab_size": 30522},
 }  # fmt: skip
 
 
@@ -241,7 +245,15 @@ def test_a_misspelt_yaml_key_is_named(tmp_path, capsys):
     typo = tmp_path / "typo.yaml"
     typo.write_text("data:\n  batch_sise: 4\n")
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(typo)])
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs" / "quickstart_random.yaml"),
+                "--config",
+                str(typo),
+            ]
+        )
     assert "does not accept option 'data.batch_sise'" in capsys.readouterr().err
 
 
@@ -270,7 +282,7 @@ def test_float32_matmul_precision_is_applied_before_the_run(tmp_path, capsys):
     common = [
         "validate",
         "--config",
-        str(REPO / "configs" / "quickstart.yaml"),
+        str(REPO / "configs" / "quickstart_random.yaml"),
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
         "--trainer.limit_val_batches=1",

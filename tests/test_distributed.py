@@ -42,7 +42,7 @@ def test_fsdp_units_are_all_frozen_or_all_trainable(fields, adapter):
 
 def _fit(tmp_path, name, *extra):
     """A quickstart fit without dropout (so the processes draw no random numbers that differ)."""
-    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs" / "quickstart_random.yaml").read_text())
     config["model"]["backbone"]["config"].update(
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0
     )

@@ -30,7 +30,7 @@ def run(tmp_path_factory):
         [
             "fit",
             "--config",
-            str(REPO / "configs" / "quickstart.yaml"),
+            str(REPO / "configs" / "quickstart_random.yaml"),
             f"--trainer.logger.init_args.save_dir={root}",
             "--trainer.logger.init_args.version=v",
             "--trainer.max_epochs=1",
@@ -40,7 +40,7 @@ def run(tmp_path_factory):
             "--trainer.enable_model_summary=false",
         ]
     )
-    return root / "quickstart" / "v"
+    return root / "quickstart_random" / "v"
 
 
 def reference(run):

@@ -106,12 +106,12 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ssmlora_app", "fit", "--config", "configs/quickstart.yaml",
+        [sys.executable, "-m", "ssmlora_app", "fit", "--config", "configs/quickstart_random.yaml",
          "--trainer.max_epochs=100", f"--trainer.logger.init_args.save_dir={tmp_path}",
          "--trainer.logger.init_args.version=run", "--trainer.enable_progress_bar=false"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    run = tmp_path / "quickstart" / "run"
+    run = tmp_path / "quickstart_random" / "run"
     deadline = time.monotonic() + 240
     while not list(run.glob("events.out.tfevents.*")) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -132,7 +132,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_adapter(tmp_path)
 
     def fit(version, *extra):
         args = [
-            "fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs=2",
+            "fit", "--config", "configs/quickstart_random.yaml", "--trainer.max_epochs=2",
             "--data.max_train_samples=256", "--data.max_eval_samples=64",
             "--checkpoint.every_n_train_steps=5", f"--trainer.logger.init_args.save_dir={tmp_path}",
             f"--trainer.logger.init_args.version={version}", "--trainer.enable_progress_bar=false",
@@ -150,13 +150,15 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_adapter(tmp_path)
         "--trainer.callbacks.init_args.step=7",
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    run = tmp_path / "quickstart" / "resumed"
+    run = tmp_path / "quickstart_random" / "resumed"
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 5
     resumed = fit("resumed", f"--ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "not resumable" not in resumed.stderr
-    a = load_file(tmp_path / "quickstart" / "straight" / "adapter" / "adapter_model.safetensors")
+    a = load_file(
+        tmp_path / "quickstart_random" / "straight" / "adapter" / "adapter_model.safetensors"
+    )
     b = load_file(run / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:

@@ -157,3 +157,19 @@ def test_max_length_past_the_positions_is_refused(tmp_path):
         "data.max_length=33 exceeds the 32 positions of the gpt2 backbone: lower data.max_length "
         "(inputs are truncated to it, the data.max_new_tokens=8 generated tokens included)"
     )
+
+
+@pytest.mark.parametrize("lm_eval", ["generate", "teacher_forced"])
+def test_validate_then_fit_on_the_same_module(tmp_path, lm_eval):
+    """A notebook's order: score the untrained adapter, then train the same module. The text and
+    teacher-forced metrics' states were created in validate's inference mode and then updated in
+    place during fit's validation: "Inplace update to inference tensor outside InferenceMode"."""
+    import lightning as L
+
+    module, data = _module(tmp_path, TINY_LLAMA, 96, lm_eval=lm_eval, max_new_tokens=4)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    before = trainer.validate(module.train(), data, verbose=False)[0]
+    trainer.fit(module, data)
+    after = trainer.validate(module, data, verbose=False)[0]
+    assert before.keys() == after.keys() and "val/loss" in after

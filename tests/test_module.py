@@ -9,7 +9,7 @@ import yaml
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.tasks import get_task
+from ssmlora_app.tasks.vocab import byte_tokenizer
 from tests.conftest import TINY_ROBERTA
 from tests.helpers import tiny_classifier
 from tests.test_data import write_glue
@@ -18,9 +18,10 @@ from tests.test_tasks_data import MULTIRC_JSONL, write_jsonl
 
 @pytest.fixture
 def word_tokenizer(tmp_path):
-    """A local tokenizer folder (tokenizer.json), written from the quickstart task's vocabulary."""
+    """A local tokenizer folder (tokenizer.json): UTF-8 bytes, so it covers any text (a word-level
+    tokenizer of the quickstart's words turned these tasks' text into unknown tokens only)."""
     path = tmp_path / "tokenizer"
-    get_task("quickstart").builtin_tokenizer().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
     return path
 
 

@@ -444,7 +444,10 @@ def test_matches_float64_reference(norm, pass_normalised_state, scale_mode):
     randomise_state_params(model, std=0.5)
     x = torch.randn(2, 5, 6)
     expected = reference_forward(model, x, config)
-    torch.testing.assert_close(model(x).double(), expected, atol=1e-5, rtol=1e-5)
+    # fp32: rounding of the state is amplified by the min-max division (1 / range of h) and by
+    # scale (8 under scale_mode alpha), so 1e-5 is too tight for some draws; the float64 run
+    # below checks the arithmetic itself to 1e-12.
+    torch.testing.assert_close(model(x).double(), expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(model.double()(x.double()), expected, atol=1e-12, rtol=1e-10)
 
 
@@ -531,6 +534,10 @@ def test_diagnostics_and_callback():
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BACKBONES = {"roberta-base": ("roberta", {}), "roberta-large": ("roberta", ROBERTA_LARGE)}
 BACKBONES["gpt2"] = ("gpt2", {})
+# all-MiniLM-L6-v2's shapes (configs/quickstart.yaml; the real weights come from `make weights`)
+MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+          "intermediate_size": 1536, "vocab_size": 30522}  # fmt: skip
+BACKBONES["~/.cache/ssmlora/weights/all-MiniLM-L6-v2"] = ("bert", MINILM)
 NUM_LABELS = {"stsb": 1, "mnli": 3}
 SST2_COUNTS = {"roberta-base": 1_057_040, "roberta-large": 396_288, "gpt2": 148_224}
 SSMLORA_CONFIGS = sorted(

@@ -82,8 +82,15 @@ def _under(key: str, prefixes: list[str]) -> bool:
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors, keyed by their names in ``model``: every adapter layer's own
     parameters and buffers (not its ``base_layer``), the backbone parameters the method trains
-    (:data:`TRAINED_ATTR`) and the fully trained head modules."""
-    heads = adapter_config(model).modules_to_save or []
+    (:data:`TRAINED_ATTR`) and the task head.
+
+    The head is the fully trained ``modules_to_save`` and the model's freshly initialised
+    top-level head (:func:`default_head`) whole, frozen parts included: when an adapter wraps the
+    head's linears (SSMLoRA's ``full_model``), their base weights are a random draw that no
+    pretrained checkpoint holds, so a reload without them would give other logits."""
+    heads = list(
+        dict.fromkeys([*(adapter_config(model).modules_to_save or []), *default_head(model)])
+    )
     trained = set(getattr(model, TRAINED_ATTR, ()))
     layers = _adapter_layer_names(model)
     return {

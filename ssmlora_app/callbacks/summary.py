@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -21,4 +23,16 @@ class FitSummary(L.Callback):
         )
         if baseline is not None:
             lines.append(f"  majority-class accuracy (chance) = {baseline:.4f}")
-        rank_zero_info("Final validation metrics:\n" + "\n".join(lines))
+        rank_zero_info("Final validation metrics:\n" + "\n".join(lines) + _where(trainer))
+
+
+def _where(trainer: L.Trainer) -> str:
+    """Where the run's files are: its folder (config, checkpoints, adapter) and TensorBoard."""
+    if trainer.logger is None or trainer.log_dir is None:
+        return ""
+    run = Path(trainer.log_dir)
+    lines = [f"Run folder: {run} (config.yaml, checkpoints/, adapter/)"]
+    save_dir = getattr(trainer.logger, "save_dir", None)
+    if save_dir is not None:
+        lines.append(f"TensorBoard: tensorboard --logdir {save_dir}")
+    return "\n" + "\n".join(lines)

@@ -17,7 +17,13 @@ from ssmlora_app.errors import SsmloraError
 from ssmlora_app.objectives import Objective, resolve_objective
 from ssmlora_app.tasks import Task, TaskInfo, get_task
 from ssmlora_app.tasks.base import GROUP_COLUMN, INDEX_COLUMN
-from ssmlora_app.tokenization import load_tokenizer
+from ssmlora_app.tokenization import check_tokenizer, id_space, load_tokenizer
+
+TEXT_COLUMNS = ("text_a", "text_b", "document", "prompt", "target")
+"""Text columns of a classification (``text_a``/``text_b``) or causal-LM split."""
+
+TOKENIZER_SAMPLE = 32
+"""Training examples whose text :func:`check_tokenizer` reads."""
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -36,6 +42,7 @@ class TaskDataModule(L.LightningDataModule):
         task: Task | str = "quickstart",
         data_dir: str | None = None,
         tokenizer: str | None = None,
+        tokenizer_gguf_file: str | None = None,
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -63,6 +70,8 @@ class TaskDataModule(L.LightningDataModule):
                 task folder or the GLUE root); null loads the task from the hub.
             tokenizer: Tokenizer hub id or folder; linked from ``model.backbone`` by the CLI.
                 Null uses the task's own tokenizer (synthetic tasks only).
+            tokenizer_gguf_file: Read the tokenizer from this GGUF file inside ``tokenizer``;
+                linked from ``model.backbone.gguf_file`` by the CLI.
             max_length: Truncate inputs to this many tokens; batches are padded to their longest.
             batch_size: Training batch size (per device).
             eval_batch_size: Evaluation batch size; default ``batch_size``.
@@ -111,7 +120,10 @@ class TaskDataModule(L.LightningDataModule):
                 "eval to predict the evaluation splits."
             )
         objective_cls = resolve_objective(objective, self.task)
-        self.tokenizer = self._tokenizer(tokenizer)
+        # A tokenizer from outside the task is checked against a sample of the training text
+        # (see check_tokenizer) when that split is prepared; the task's own ones need no check.
+        self._check_tokenizer = tokenizer is not None
+        self.tokenizer = self._tokenizer(tokenizer, tokenizer_gguf_file)
         objective_cls.prepare_tokenizer(self.tokenizer)
         self.task_info = TaskInfo(
             task=self.task.name,
@@ -119,7 +131,7 @@ class TaskDataModule(L.LightningDataModule):
             problem_type="regression" if self.task.is_regression else "single_label_classification",
             metrics=tuple(objective_cls.task_metrics(self.task)),
             eval_splits=tuple(self.task.eval_splits),
-            vocab_size=len(self.tokenizer),
+            vocab_size=id_space(self.tokenizer),
             pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
@@ -138,9 +150,9 @@ class TaskDataModule(L.LightningDataModule):
         self.splits: dict[str, datasets.Dataset] = {}
         self._predict_splits: list[str] | None = None
 
-    def _tokenizer(self, source: str | None):
+    def _tokenizer(self, source: str | None, gguf_file: str | None):
         if source is not None:
-            tokenizer = load_tokenizer(source)
+            tokenizer = load_tokenizer(source, gguf_file=gguf_file)
         else:
             tokenizer = self.task.builtin_tokenizer()
             if tokenizer is None:
@@ -207,6 +219,11 @@ class TaskDataModule(L.LightningDataModule):
                 f"Task {name!r} is grouped but its {split} split has no {GROUP_COLUMN!r} column "
                 "(see ssmlora_app.tasks.base.GROUP_COLUMN)."
             )
+        if split == "train" and self._check_tokenizer:
+            columns = [c for c in TEXT_COLUMNS if c in ds.column_names]
+            sample = ds.select(range(min(TOKENIZER_SAMPLE, len(ds))))
+            texts = [row[c] for row in sample for c in columns if isinstance(row[c], str)]
+            check_tokenizer(self.tokenizer, texts, f"the first {len(sample)} {split} examples")
         return self.objective.encode(ds, self.tokenizer, self.task, f"{name} {split}")
 
     def majority_baseline(self) -> float | None:

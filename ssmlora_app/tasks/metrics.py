@@ -69,9 +69,11 @@ class _MeanOverExamples(Metric):
         raise NotImplementedError
 
     def update(self, preds: list[str], target: list[list[str]]) -> None:
-        for prediction, references in zip(preds, target, strict=True):
-            self.total += max((self.score(prediction, r) for r in references), default=0.0)
-            self.count += 1
+        # Sums are rebound, not added in place: states made in ``validate``'s inference mode
+        # cannot be updated in place by fit's validation, which runs outside it.
+        scores = [max((self.score(p, r) for r in refs), default=0.0) for p, refs in zip(preds, target, strict=True)]  # fmt: skip
+        self.total = self.total + sum(scores)
+        self.count = self.count + len(scores)
 
     def compute(self) -> torch.Tensor:
         return (self.total / self.count.clamp(min=1)).float()
@@ -170,11 +172,12 @@ class TeacherForced(Metric):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, nll: torch.Tensor, correct: torch.Tensor, tokens: torch.Tensor) -> None:
-        self.nll += nll.double().sum()
-        self.correct += correct.double().sum()
-        self.tokens += tokens.double().sum()
-        self.exact += (correct == tokens).double().sum()
-        self.sequences += tokens.numel()
+        # Rebound, not in place (see _MeanOverExamples.update).
+        self.nll = self.nll + nll.double().sum()
+        self.correct = self.correct + correct.double().sum()
+        self.tokens = self.tokens + tokens.double().sum()
+        self.exact = self.exact + (correct == tokens).double().sum()
+        self.sequences = self.sequences + tokens.numel()
 
     def compute(self) -> torch.Tensor:
         if self.kind == "bits_per_byte":  # every token is one byte: mean NLL in bits

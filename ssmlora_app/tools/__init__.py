@@ -1,2 +1,3 @@
-"""Tools on top of the training path: export/import, report, sweep, bench. Nothing in the
-training path (module, data, objectives, tasks, adapters, the fit command) imports them."""
+"""Tools on top of the training path: export/import, report, sweep, bench, fetching real weights.
+Nothing in the training path (module, data, objectives, tasks, adapters, the fit command) imports
+them."""

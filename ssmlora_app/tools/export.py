@@ -105,7 +105,11 @@ def _adapter_only_info(
     if task is not None:
         from ssmlora_app.data import TaskDataModule
 
-        data = TaskDataModule(task=task, tokenizer=backbone.tokenizer_source)
+        data = TaskDataModule(
+            task=task,
+            tokenizer=backbone.tokenizer_source,
+            tokenizer_gguf_file=backbone.tokenizer_gguf_file,
+        )
         return data.task_info, data.task
     labels = num_labels or _head_size(source)
     if labels is None:
@@ -208,7 +212,8 @@ def merge_refusal(model: nn.Module) -> str | None:
 
 def _tokenizer(rebuilt: Rebuilt):
     if rebuilt.backbone.tokenizer_source is not None:
-        return load_tokenizer(rebuilt.backbone.tokenizer_source)
+        backbone = rebuilt.backbone
+        return load_tokenizer(backbone.tokenizer_source, gguf_file=backbone.tokenizer_gguf_file)
     return rebuilt.task.builtin_tokenizer() if rebuilt.task is not None else None
 
 
