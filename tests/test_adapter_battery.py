@@ -40,7 +40,7 @@ from tests.conftest import REPO, TINY_ROBERTA
 TINY_MAMBA = {"model_type": "mamba", "hidden_size": 16, "num_hidden_layers": 2, "state_size": 8,
               "expand": 2, "vocab_size": 120, "pad_token_id": 1}  # fmt: skip
 BACKBONES = {
-    "roberta": (TINY_ROBERTA, ("query", "value"), "quickstart.yaml"),
+    "roberta": (TINY_ROBERTA, ("query", "value"), "quickstart_random.yaml"),
     "mamba": (TINY_MAMBA, ("in_proj", "out_proj"), "quickstart_sdt.yaml"),
 }
 """Backbone -> (config dict, LoRA-like targets, a quickstart config for that architecture)."""

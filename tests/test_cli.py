@@ -304,7 +304,7 @@ def test_float32_matmul_precision_is_applied_before_the_run(tmp_path, capsys):
 def test_the_config_of_an_older_run_still_parses(tmp_path, capsys):
     """A run's saved config.yaml from before the adapter contract and the typed tasks holds the
     old callback keys and ``data.task_args: null``: accepted (and ignored)."""
-    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs" / "quickstart_random.yaml").read_text())
     config["hrm_diagnostics"] = {"every_n_steps": 50, "per_layer_histograms": True}
     config["ssmlora_diagnostics"] = {"every_n_steps": 50}
     config["sdt_selection"] = {}

@@ -100,7 +100,7 @@ import sys
 import ssmlora_app.adapters, ssmlora_app.callbacks, ssmlora_app.data, ssmlora_app.module
 import ssmlora_app.objectives, ssmlora_app.tasks
 from ssmlora_app.cli import main
-main(["fit", "--config", "configs/quickstart.yaml", "--trainer.max_steps=1",
+main(["fit", "--config", "configs/quickstart_random.yaml", "--trainer.max_steps=1",
       "--trainer.limit_val_batches=1", "--data.max_train_samples=32",
       "--data.max_eval_samples=8", "--trainer.logger.init_args.save_dir=" + sys.argv[1],
       "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
