@@ -116,7 +116,7 @@ def test_the_training_path_never_imports_the_tools(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
-    assert list(tmp_path.glob("quickstart/version_0/adapter/adapter_model.safetensors"))
+    assert list(tmp_path.glob("quickstart_random/version_0/adapter/adapter_model.safetensors"))
 
 
 def test_the_tools_are_named_in_the_help_without_being_imported(capsys):

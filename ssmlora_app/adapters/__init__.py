@@ -34,6 +34,8 @@ from ssmlora_app.adapters.lora import LoRAConfig, LoRALinear  # isort: skip
 from ssmlora_app.adapters.ssmlora import SSMLoRAConfig, SSMLoRALinear  # isort: skip
 from ssmlora_app.adapters.hrm import HRMConfig, HRMLayer, HRMModalLayer  # isort: skip
 from ssmlora_app.adapters.sdt import SDTConfig  # isort: skip
+from ssmlora_app.adapters.full import FullFinetuneConfig  # isort: skip
+from ssmlora_app.adapters.bitfit import BitFitConfig  # isort: skip
 
 __all__ = [
     "ADAPTERS",
@@ -41,7 +43,9 @@ __all__ = [
     "AdapterLayer",
     "AdapterMethod",
     "BenchSettings",
+    "BitFitConfig",
     "Diagnostics",
+    "FullFinetuneConfig",
     "HRMConfig",
     "HRMLayer",
     "HRMModalLayer",
