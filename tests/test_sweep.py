@@ -1,5 +1,7 @@
 """ssmlora sweep: the grid's commands, and a tiny real sweep that ssmlora report reads."""
 
+import json
+
 import pytest
 
 from ssmlora_app.cli import main
@@ -28,6 +30,47 @@ def test_bad_grids_are_refused():
         sweep_commands([QUICKSTART], [0], ["dora"], "out", [])
     with pytest.raises(SsmloraError, match="no config file"):
         sweep_commands(["nope.yaml"], [0], None, "out", [])
+
+
+def test_adapter_files_are_variants_named_by_their_stem(tmp_path):
+    """A grid of adapter variants: one YAML file each, every field spelt out (defaults filled in
+    from the class), the run named after the file."""
+    (tmp_path / "lora_r4_qkv.yaml").write_text(
+        "class_path: ssmlora_app.adapters.LoRAConfig\n"
+        "init_args: {r: 4, target_modules: [query, key, value]}\n"
+    )
+    (tmp_path / "sparse.yaml").write_text(
+        "class_path: ssmlora_app.adapters.SSMLoRAConfig\ninit_args: {preset: attention_sparse}\n"
+    )
+    files = [str(tmp_path / "lora_r4_qkv.yaml"), str(tmp_path / "sparse.yaml")]
+    commands = sweep_commands([QUICKSTART], [0], [*files, "hrm"], "out", [])
+    names = [next(a for a in c if "logger.init_args.name=" in a).split("=")[1] for c in commands]
+    assert names == ["quickstart_random_lora_r4_qkv", "quickstart_random_sparse",
+                     "quickstart_random_hrm"]  # fmt: skip
+    adapter = json.loads(
+        next(a for a in commands[0] if a.startswith("--model.adapter=")).split("=", 1)[1]
+    )
+    assert adapter["class_path"] == "ssmlora_app.adapters.lora.LoRAConfig"
+    assert adapter["init_args"]["r"] == 4 and adapter["init_args"]["alpha"] == 16.0
+    assert adapter["init_args"]["target_modules"] == ["query", "key", "value"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("r: 4", "must hold an adapter section"),
+        ("class_path: ssmlora_app.adapters.Nope", "cannot import"),
+        ("class_path: torch.nn.Linear", "is not an adapter config class"),
+        ("class_path: ssmlora_app.adapters.LoRAConfig\ninit_args: {rank: 4}", "unexpected keyword"),
+        ("class_path: ssmlora_app.adapters.LoRAConfig\ninit_args: {r: 0}", "positive integer"),
+    ],
+)
+def test_bad_adapter_files_are_refused_before_any_run(tmp_path, text, message):
+    (tmp_path / "a.yaml").write_text(text + "\n")
+    with pytest.raises(SsmloraError, match=message):
+        sweep_commands([QUICKSTART], [0], [str(tmp_path / "a.yaml")], "out", [])
+    with pytest.raises(SsmloraError, match="no adapter file"):
+        sweep_commands([QUICKSTART], [0], [str(tmp_path / "b.yaml")], "out", [])
 
 
 @pytest.mark.slow

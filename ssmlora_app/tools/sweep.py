@@ -10,22 +10,62 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ssmlora_app.adapters import ADAPTERS, get_method
+from ssmlora_app.adapters import ADAPTERS, AdapterConfig, get_method
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.run import RunFolder
 
+ADAPTER_FILE_SUFFIXES = (".yaml", ".yml")
 
-def adapter_override(name: str) -> str:
-    """``--model.adapter=...`` for the registered adapter ``name``: its config class's path and
-    every field of its default config spelt out (so no field of the config file's adapter carries
-    over to another adapter class)."""
-    method = get_method(name)
-    config = method.config_cls()
+
+def adapter_override(spec: str) -> str:
+    """``--model.adapter=...`` for ``spec``: a registered adapter name (its default config) or an
+    adapter file (YAML ``{class_path: ..., init_args: {...}}``, one variant per file, e.g.
+    ``configs/grids/.../lora_qv.yaml``). Every field of the config is spelt out, defaults filled
+    in, so no field of the config file's adapter carries over to another adapter class."""
+    if spec.endswith(ADAPTER_FILE_SUFFIXES):
+        cls, init_args = _adapter_file(Path(spec))
+    else:
+        cls, init_args = get_method(spec).config_cls, {}
+    try:
+        config = cls(**init_args)
+    except TypeError as err:
+        raise SsmloraError(f"sweep: adapter {spec}: {err}.") from None
     config.validate()
-    init_args = dataclasses.asdict(config)
+    class_path = f"{cls.__module__}.{cls.__qualname__}"
     return "--model.adapter=" + json.dumps(
-        {"class_path": method.class_path, "init_args": init_args}
+        {"class_path": class_path, "init_args": dataclasses.asdict(config)}
     )
+
+
+def adapter_label(spec: str) -> str:
+    """The run-name suffix of an adapter in a sweep: its name, or its file's stem."""
+    return Path(spec).stem if spec.endswith(ADAPTER_FILE_SUFFIXES) else spec
+
+
+def _adapter_file(path: Path) -> tuple[type, dict]:
+    """The config class and init_args of an adapter file."""
+    import importlib
+
+    import yaml
+
+    if not path.is_file():
+        raise SsmloraError(f"sweep: no adapter file {path}.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SsmloraError(f"sweep: {path} is not YAML: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("class_path"), str):
+        raise SsmloraError(
+            f"sweep: {path} must hold an adapter section: {{class_path: ..., init_args: {{...}}}}."
+        )
+    module, _, name = data["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise SsmloraError(f"sweep: {path}: cannot import {data['class_path']!r}.") from None
+    if not (isinstance(cls, type) and issubclass(cls, AdapterConfig)):
+        raise SsmloraError(f"sweep: {path}: {data['class_path']} is not an adapter config class.")
+    return cls, dict(data.get("init_args") or {})
 
 
 def sweep_commands(
@@ -41,19 +81,26 @@ def sweep_commands(
         if not Path(config).is_file():
             raise SsmloraError(f"sweep: no config file {config}.")
     for name in adapters or []:
-        if name not in ADAPTERS:
-            raise SsmloraError(f"sweep: unknown adapter {name!r}; known: {sorted(ADAPTERS)}.")
+        if not name.endswith(ADAPTER_FILE_SUFFIXES) and name not in ADAPTERS:
+            raise SsmloraError(
+                f"sweep: unknown adapter {name!r}; known: {sorted(ADAPTERS)}, or an adapter "
+                "YAML file."
+            )
+    labels = [adapter_label(a) for a in adapters or []]
+    if len(set(labels)) != len(labels):
+        raise SsmloraError(f"sweep: two adapters share a run name: {labels}.")
+    overrides_of = {a: adapter_override(a) for a in adapters or []}  # checks every file first
     if not seeds:
         raise SsmloraError("sweep: give at least one seed.")
     commands = []
     for config in configs:
         for adapter in adapters or [None]:
-            name = Path(config).stem + (f"_{adapter}" if adapter else "")
+            name = Path(config).stem + (f"_{adapter_label(adapter)}" if adapter else "")
             for seed in seeds:
                 command = ["fit", "--config", config, f"--seed_everything={seed}"]
                 command.append(f"--data.shuffle_seed={seed}")  # the seed varies the data order too
                 if adapter:
-                    command.append(adapter_override(adapter))
+                    command.append(overrides_of[adapter])
                 command += RunFolder.at(runs_dir, name, f"seed{seed}").logger_args()
                 commands.append([*command, *overrides])
     return commands
@@ -88,9 +135,10 @@ def sweep(
     Args:
         configs: Config files (e.g. ``[configs/roberta_sst2_lora.yaml, configs/roberta_rte_lora.yaml]``).
         seeds: Seeds (``seed_everything``) of each cell.
-        adapters: Registered adapter names (``ssmlora_app.adapters.ADAPTERS``: lora, ssmlora,
-            hrm, sdt, ...) replacing each config's adapter with its default config; null keeps
-            the configs' own adapters.
+        adapters: Adapters replacing each config's own: registered names
+            (``ssmlora_app.adapters.ADAPTERS``: lora, ssmlora, hrm, sdt, full, bitfit, ...) with
+            their default config, or adapter YAML files (``{class_path, init_args}``, one variant
+            per file, named by the file's stem); null keeps the configs' own adapters.
         runs: Runs folder; each run logs to ``RUNS/<config>[_<adapter>]/seed<seed>``.
         overrides: Extra arguments for every run (e.g. ``["--trainer.max_epochs=3"]``).
         dry_run: Print the commands, one per line, instead of running them.
