@@ -137,6 +137,7 @@ _ALL = (
     "peft_lora",
     "ssmlora",
     "lora_full_model",
+    "lora_attention_sparse",
     "hrm_fft",
     "hrm_sequential",
 )
@@ -242,9 +243,13 @@ def _build_peft_lora(model: nn.Module, preset: BenchPreset) -> nn.Module:
 def _build_lora_on(placement: str) -> Callable[[nn.Module, BenchPreset], nn.Module]:
     """LoRA r=8 on the linears SSMLoRA's ``full_model`` adapts (``same``), or on the paper's LoRA
     baseline for it (``paper``: q, k, v, o, FFN-in, FFN-out, head); the head learns through its
-    adapters in both, as in SSMLoRA's ``full_model``."""
+    adapters in both, as in SSMLoRA's ``full_model``. ``sparse_same``: on the linears of
+    ``attention_sparse`` (alternating query/value), the head trained fully as there."""
 
     def build(model: nn.Module, preset: BenchPreset) -> nn.Module:
+        if placement == "sparse_same":
+            names = preset_modules(model, "attention_sparse")
+            return inject_adapters(model, LoRAConfig(r=8, alpha=16, target_modules=names))
         if placement == "same":
             names = preset_modules(model, "full_model")
         else:
@@ -286,6 +291,7 @@ METHODS: MappingProxyType[str, tuple[Callable[[nn.Module, BenchPreset], nn.Modul
                 _build_registered("ssmlora", preset="full_model"),
             ),
             "lora_full_model": (_build_lora_on("same"), _build_lora_on("paper")),
+            "lora_attention_sparse": (_build_lora_on("sparse_same"),),
             "sdt": (_build_registered("sdt"),),
         }
     )
@@ -293,14 +299,24 @@ METHODS: MappingProxyType[str, tuple[Callable[[nn.Module, BenchPreset], nn.Modul
 """Method name -> its builders (SSMLoRA has one row per insertion preset). ``frozen`` trains
 only the task head (the floor of any adapter); ``full`` trains everything; ``lora_full_model``
 is LoRA where SSMLoRA's ``full_model`` sits (``_same``: the cost of the state term alone) and
-on the paper's LoRA baseline for it (``_paper``)."""
+on the paper's LoRA baseline for it (``_paper``); ``lora_attention_sparse`` is LoRA where
+``attention_sparse`` sits (its paper baseline is ``lora`` itself)."""
 
 _ROW_NAMES = MappingProxyType(
     {
         "ssmlora": ("ssmlora_attention_sparse", "ssmlora_full_model"),
         "lora_full_model": ("lora_full_model_same", "lora_full_model_paper"),
+        "lora_attention_sparse": ("lora_attention_sparse_same",),
     }
 )
+
+SAME_MODULES = MappingProxyType(
+    {
+        "ssmlora_full_model": "lora_full_model_same",
+        "ssmlora_attention_sparse": "lora_attention_sparse_same",
+    }
+)
+"""Row -> the LoRA row on exactly the same linears (``*_vs_same`` ratios: the state term's cost)."""
 
 
 def row_names(method: str) -> tuple[str, ...]:
@@ -553,7 +569,8 @@ def measure_models(
                 "infer_peak_mb": peak_memory_mb(lambda r=runner: r.infer(batch), device),
             }
         )
-    base = next((r for r in rows if r["method"] == BASELINE), None)
+    by_name = {r["method"]: r for r in rows}
+    base = by_name.get(BASELINE)
     for row in rows:
         for key, value in (
             ("train_vs_lora", lambda r: r["train_s"]["median"]),
@@ -561,6 +578,8 @@ def measure_models(
             ("train_peak_vs_lora", lambda r: r["train_peak_mb"]),
         ):
             row[key] = _ratio(value(row), value(base)) if base else None
+            same = by_name.get(SAME_MODULES.get(row["method"], ""))
+            row[key.replace("_lora", "_same")] = _ratio(value(row), value(same)) if same else None
     return rows
 
 
@@ -739,6 +758,12 @@ def format_table(result: BenchResult) -> str:
             f"{100 * inf.spread:>5.0f} {_fmt(r['train_peak_mb'], '9.1f'):>9} "
             f"{_fmt(r['train_vs_lora'], '7.2f'):>7} {_fmt(r['infer_vs_lora'], '7.2f'):>7} "
             f"{_fmt(r['train_peak_vs_lora'], '6.2f'):>6}"
+            + (
+                f"  vs LoRA on the same linears {r['train_vs_same']:.2f} / "
+                f"{r['infer_vs_same']:.2f} / {_fmt(r['train_peak_vs_same'], '.2f')}"
+                if r.get("train_vs_same") is not None
+                else ""
+            )
         )
     if result.scan_rows:
         lines.append(
