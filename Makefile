@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart test lint gpu-wheels
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,8 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(OFFLINE) $(BIN)/python -m pytest
+
+# Wheels of the packages the GPU machine lacks, into .whl/ for benchmarks/gpu_check.sh (see
+# benchmarks/RESULTS.md for the device command).
+gpu-wheels:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_wheels.sh
