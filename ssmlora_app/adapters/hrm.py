@@ -7,8 +7,8 @@ For a decoder layer with MLP input ``u = LN₂(h)`` (``(B, L, D)``)::
     B̄ = ((Ā − 1)/a)[:, None] ⊙ B,   s_t = Ā ⊙ s_{t−1} + B̄ u_t,   y_t = C s_t
 
 with ``B (d, D)``, ``C (D, d)``, a scalar gate ``g``: ``2dD + 2d + 1`` parameters per layer, all
-fp32. The scan is :func:`ssmlora_app.ssm.lti_scan` (exact FFT convolution, or the sequential
-reference).
+fp32. The scan is :func:`ssmlora_app.ssm.lti_scan` (exact chunked or FFT paths, chosen per
+length by ``scan: auto``, or the sequential reference).
 
 Insertion is a wrapper module around the MLP (no edit or monkey-patch of ``transformers``): the
 wrapper sees exactly the MLP's input, which is ``u``, and adds to the MLP's output, which the
@@ -74,8 +74,10 @@ class HRMConfig(AdapterConfig):
     dt_max: float = 1e-1
     """Upper end of the log-uniform initial step ``Δ``."""
 
-    scan: str = "fft"
-    """``fft`` (exact FFT convolution, fast) or ``sequential`` (the reference recurrence)."""
+    scan: str = "auto"
+    """``auto`` (the faster exact path for each call's length as measured: on CPU ``chunked``
+    from 1024 tokens, ``fft`` below; ``fft`` on other devices until measured), ``chunked`` (decay-matrix products within chunks, the recurrence across
+    them), ``fft`` (FFT convolution) or ``sequential`` (the reference recurrence)."""
 
     train: str = "all"
     """Which adapter parameters train: ``all``, or ``gate`` (only each layer's gate ``g``, e.g.
@@ -206,7 +208,7 @@ class HRMLayer(_HRMBypass):
         gate_init: float = 0.01,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
-        scan: str = "fft",
+        scan: str = "auto",
         post_ln: bool = False,
         device: torch.device | str | None = None,
     ):
@@ -257,7 +259,7 @@ class HRMModalLayer(_HRMBypass):
         n_complex: int = 0,
         *,
         gate_init: float = 0.01,
-        scan: str = "fft",
+        scan: str = "auto",
         post_ln: bool = False,
         device: torch.device | str | None = None,
     ):
