@@ -15,9 +15,9 @@ each round) after warm-up, and each figure is the median over repeats with its m
   /proc/self/clear_refs``), and the peak is ``VmHWM`` after the step minus ``VmRSS`` before it,
   so each configuration is measured on its own although all models live in the same process.
   Without ``/proc/self/clear_refs`` the CPU peak is reported as unavailable.
-* **scan** rows time the HRM scan alone (``lti_scan`` forward + backward, FFT and sequential)
-  next to a LoRA bypass of the same width, so the ``O(L log L)`` growth is visible without the
-  attention's ``O(L²)``.
+* **scan** rows time the HRM scan alone (``lti_scan`` forward + backward: chunked, FFT and
+  sequential) next to a parameter-matched LoRA bypass (rank ``d``, the same width), so the
+  scan's growth in ``L`` is visible without the attention's ``O(L²)``.
 
 Ratios to our LoRA are the headline numbers; :func:`fit_exponent` fits ``time ∝ L^p``.
 """
@@ -76,7 +76,8 @@ class BenchPreset:
     scan_seq_lens: tuple[int, ...] = ()
     """Sequence lengths of the scan-alone rows (empty: none)."""
     hrm_d_state: int = 16
-    """HRM state size (16 ≈ the parameters of LoRA r=8 on query and value)."""
+    """HRM state size (16 ≈ the parameters of LoRA r=8 on query and value); also the rank of the
+    parameter-matched LoRA bypass of the scan-alone rows."""
     requires_adapter: str | None = None
     """Skip the whole preset when this adapter is not in the registry."""
 
@@ -170,7 +171,7 @@ PRESETS: MappingProxyType[str, BenchPreset] = MappingProxyType(
             cpu_seq_lens=(512, 1024),
             cpu_batch_size=1,
             lora_targets=("q_proj", "v_proj"),
-            methods=("frozen", "lora", "hrm_fft", "hrm_sequential"),
+            methods=("frozen", "lora", "hrm_fft", "hrm_chunked", "hrm_sequential"),
             scan_seq_lens=(512, 1024, 2048, 4096, 8192, 16384),
             hrm_d_state=32,
         ),
@@ -286,6 +287,7 @@ METHODS: MappingProxyType[str, tuple[Callable[[nn.Module, BenchPreset], nn.Modul
             "peft_lora": (_build_peft_lora,),
             "hrm_fft": (_build_hrm("fft"),),
             "hrm_sequential": (_build_hrm("sequential"),),
+            "hrm_chunked": (_build_hrm("chunked"),),
             "ssmlora": (
                 _build_registered("ssmlora", preset="attention_sparse"),
                 _build_registered("ssmlora", preset="full_model"),
@@ -594,16 +596,17 @@ def measure_scan(
     sequential_max_len: int,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict]:
-    """The HRM scan alone (``discretize`` + ``lti_scan``, fwd + bwd of ``y.sum()``) with FFT and
-    sequential scans, next to a LoRA r=16 bypass ``(x A) B`` of the same width; ``u (B, L, D)``
+    """The HRM scan alone (``discretize`` + ``lti_scan``, fwd + bwd of ``y.sum()``) with the
+    chunked, FFT and sequential scans, next to a parameter-matched LoRA bypass ``(x A) B`` of
+    rank ``d_state`` (``2·d·D`` parameters against HRM's ``2·d·D + 2d + 1``); ``u (B, L, D)``
     needs grad as inside a network. The sequential scan is timed up to ``sequential_max_len``."""
     gen = torch.Generator().manual_seed(0)
     log_A = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).to(device)
     log_dt = torch.full((d_state,), -3.0, device=device)
     B = (torch.randn(d_state, d_model, generator=gen) / d_model**0.5).to(device)
     C = (torch.randn(d_model, d_state, generator=gen) / d_state**0.5).to(device)
-    lora_A = (torch.randn(16, d_model, generator=gen) / d_model**0.5).to(device)
-    lora_B = (torch.randn(d_model, 16, generator=gen) * 0.01).to(device)
+    lora_A = (torch.randn(d_state, d_model, generator=gen) / d_model**0.5).to(device)
+    lora_B = (torch.randn(d_model, d_state, generator=gen) * 0.01).to(device)
     params = [log_A, log_dt, B, C, lora_A, lora_B]
     for p in params:
         p.requires_grad_(True)
@@ -620,6 +623,7 @@ def measure_scan(
         u = torch.randn(batch_size, seq_len, d_model, generator=gen).to(device).requires_grad_()
         calls = {
             "scan_fft": lambda u=u: scan(u, "fft"),
+            "scan_chunked": lambda u=u: scan(u, "chunked"),
             "lora_bypass": lambda u=u: bypass(u),
         }
         if seq_len <= sequential_max_len:
@@ -637,6 +641,11 @@ def measure_scan(
                     "vs_lora_bypass": timing.median / times["lora_bypass"].median,
                     "fft_speedup": (
                         timing.median / times["scan_fft"].median
+                        if name == "scan_sequential"
+                        else None
+                    ),
+                    "chunked_speedup": (
+                        timing.median / times["scan_chunked"].median
                         if name == "scan_sequential"
                         else None
                     ),
@@ -770,13 +779,17 @@ def format_table(result: BenchResult) -> str:
             f"scan alone (fwd+bwd, batch {result.scan_rows[0]['batch_size']}, "
             f"D={result.scan_rows[0]['d_model']}, d={result.scan_rows[0]['d_state']}):"
         )
-        lines.append(f"{'seq':>6} {'component':<26} {'s':>9} {'±%':>5} {'×bypass':>8} {'×fft':>7}")
+        lines.append(
+            f"{'seq':>6} {'component':<26} {'s':>9} {'±%':>5} {'×bypass':>8} {'÷fft':>7} "
+            f"{'÷chunked':>8}"
+        )
         for r in result.scan_rows:
             t = Timing(**r["fwd_bwd_s"])
             lines.append(
                 f"{r['seq_len']:>6} {r['component']:<26} {t.median:>9.4f} "
                 f"{100 * t.spread:>5.0f} {r['vs_lora_bypass']:>8.2f} "
-                f"{_fmt(r['fft_speedup'], '7.1f'):>7}"
+                f"{_fmt(r['fft_speedup'], '7.1f'):>7} "
+                f"{_fmt(r.get('chunked_speedup'), '8.1f'):>8}"
             )
     if result.exponents:
         fitted = ", ".join(f"{k} {_fmt(v, '.2f')}" for k, v in result.exponents.items())

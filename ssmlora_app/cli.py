@@ -160,7 +160,8 @@ def bench(
         preset: Backbone shape and settings: roberta-base, llama-tiny, llama-1b-shapes or
             mamba-130m (skipped when the SDT adapter is absent).
         methods: Subset of frozen, full, lora, peft_lora, ssmlora, lora_full_model (LoRA where
-            SSMLoRA's full_model sits, and on the paper's baseline for it), hrm_fft,
+            SSMLoRA's full_model sits, and on the paper's baseline for it),
+            lora_attention_sparse (LoRA where attention_sparse sits), hrm_fft, hrm_chunked,
             hrm_sequential, sdt (default: the preset's). Methods that cannot run on the preset's
             backbone are skipped with a note.
         seq_lens: Sequence lengths of the whole-model rows (default: the preset's, shorter on CPU).
