@@ -9,8 +9,9 @@ Three models of one backbone (random weights, same seed), side by side in one pr
 
 Prints the train step and inference (process CPU time, interleaved, median of paired per-round
 ratios with their quartiles), the bytes autograd saves for backward in one training forward
-(``saved_tensors_hooks``, each storage counted once), and torch.profiler's per-op CPU time of one
-train step summed over the ops that only SSMLoRA's state term runs. Used for
+(``saved_tensors_hooks``, each storage counted once), and torch.profiler's count of the op calls
+a train step makes beyond LoRA's (the state term's kernels, and AdamW's per-tensor ops on twice
+as many parameter tensors). Used for
 ``benchmarks/RESULTS.md``::
 
     python benchmarks/ssmlora_state.py --preset roberta-base --preset_name full_model \
@@ -146,19 +147,17 @@ def main() -> None:
     saved = {k: saved_bytes(r, batch) for k, r in runners.items()}
     for kind, value in saved.items():
         print(f"  {kind:17} {value / 2**20:8.2f}  ({value / saved['lora_same']:.3f}x lora_same)")
-    print("torch.profiler, self CPU per train step (ms): total; ops not in lora_same's step")
+    print("torch.profiler, one train step: op calls beyond lora_same's (top 8 by extra calls)")
     ops = {k: profile_ops(r, batch) for k, r in runners.items()}
     for kind, table in ops.items():
-        total = sum(t for _, t in table.values()) / 1e3
         extra = {
-            name: (n - ops["lora_same"].get(name, (0, 0))[0], t)
-            for name, (n, t) in table.items()
+            name: n - ops["lora_same"].get(name, (0, 0))[0]
+            for name, (n, _) in table.items()
             if n > ops["lora_same"].get(name, (0, 0))[0] + 0.5
         }
-        calls = sum(n for n, _ in extra.values())
-        print(f"  {kind:17} total {total:8.1f}; {calls:5.0f} extra op calls per step")
-        top = sorted(extra.items(), key=lambda kv: -kv[1][1])[:8]
-        print("      " + ", ".join(f"{name} +{n:.0f}" for name, (n, _) in top))
+        top = sorted(extra.items(), key=lambda kv: -kv[1])[:8]
+        listed = ", ".join(f"{name} +{n:.0f}" for name, n in top)
+        print(f"  {kind:17} {sum(extra.values()):6.0f} extra calls: {listed}")
 
 
 if __name__ == "__main__":

@@ -47,11 +47,14 @@ def add_product_(out: Tensor, a: Tensor, w: Tensor, alpha: float = 1.0) -> Tenso
     backward scales the thin ``(…, K)`` and ``(K, N)`` gradients instead of a ``(…, N)`` one.
     Otherwise (e.g. an fp32 adapter on a bf16 layer without autocast) the product runs in
     ``w``'s dtype and is cast, as before. ``out`` must be a fresh buffer no backward reads (a
-    linear's output).
+    linear's output). Pass ``out`` as a 2-D ``(rows, N)`` tensor where it can be: an in-place op
+    on a view of a tensor makes autograd clone the tensor's whole gradient in backward.
     """
     same = a.dtype == out.dtype
     castable = w.dtype == out.dtype or torch.is_autocast_enabled(out.device.type)
-    if same and castable and out.is_contiguous():
+    if same and castable and out.dim() == 2:
+        return out.addmm_(a, w.to(out.dtype), alpha=alpha)
+    if same and castable and out.is_contiguous():  # through a view: autograd copies the gradient
         rows = out.view(-1, out.shape[-1])
         rows.addmm_(a.reshape(-1, a.shape[-1]), w.to(out.dtype), alpha=alpha)
         return out

@@ -207,21 +207,28 @@ class SSMLoRALinear(AdapterLayer):
         """Nothing to undo: an SSMLoRA layer is never merged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
-        u = thin_matmul(self.input_dropout(x.to(self.W_a.dtype)), self.W_a)  # (..., r)
-        h_prev = self.state_chain.read(self.chain, self.position, like=u)  # None at position 0
+        # Rows of tokens (N, ·): the base output is then the very tensor the product is added
+        # into in place (an in-place op on a view of it would make autograd clone the whole
+        # (N, d_out) gradient in backward).
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])  # (N, d_in), a view
+        result = self.base_layer(x)  # (N, d_out)
+        u = thin_matmul(self.input_dropout(x.to(self.W_a.dtype)), self.W_a)  # (N, r)
+        state_shape = (*lead, u.shape[-1])  # the chain keeps states (..., r)
+        h_prev = self.state_chain.read(self.chain, self.position, like=u.view(state_shape))
         mask = dropout_mask(u, self.dropout) if self.training and self.dropout > 0 else None
         # One fused node for h, ĥ and z = u + dropout(ĥ) (see ssm.depth_state).
         z, passed = depth_state(
             u, h_prev, self.W_c, self.W_d, mask, norm=self.norm, eps=self.eps,
             pass_normalised=self.pass_normalised_state,
         )  # fmt: skip
+        passed = passed.view(state_shape)
         self.state_chain.write(
             self.chain, self.position, passed.detach() if self.detach_state else passed
         )
         # result += scale · z W_b as one GEMM into the base layer's fresh output (a linear's
-        # backward needs no output): no (..., d_out) product, scaled copy or sum is allocated.
-        return add_product_(result, z, self.W_b, self.scaling)
+        # backward needs no output): no (N, d_out) product, scaled copy or sum is allocated.
+        return add_product_(result, z, self.W_b, self.scaling).view(*lead, -1)
 
 
 def _layered_type(name: str, layers_pattern: str | None) -> str | None:
