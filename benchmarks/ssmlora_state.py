@@ -5,7 +5,10 @@ Three models of one backbone (random weights, same seed), side by side in one pr
 * ``lora_same``: LoRA r=8 on exactly the linears SSMLoRA's preset adapts;
 * ``ssmlora``: SSMLoRA as shipped (the fused :class:`ssmlora_app.ssm.depth_state.DepthState`);
 * ``ssmlora_autograd``: SSMLoRA with the state update written in autograd ops and the scale
-  applied to the ``(…, d_out)`` product, i.e. the implementation before the fused node.
+  applied to the ``(…, d_out)`` product, i.e. the implementation before the fused node;
+* ``lora_same_gemm``: ``lora_same`` with its scaled product added as SSMLoRA now adds its own
+  (one in-place GEMM, :func:`ssmlora_app.linalg.add_product_`): against it, ``ssmlora`` shows
+  the cost of the state term alone.
 
 Prints the train step and inference (process CPU time, interleaved, median of paired per-round
 ratios with their quartiles), the bytes autograd saves for backward in one training forward
@@ -30,11 +33,12 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from ssmlora_app.adapters import LoRAConfig, SSMLoRAConfig, inject_adapters
+from ssmlora_app.adapters.lora import LoRALinear
 from ssmlora_app.adapters.ssmlora import SSMLoRALinear
 from ssmlora_app.adapters.ssmlora_presets import preset_modules
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.bench import PRESETS, Runner, interleaved_times
-from ssmlora_app.linalg import thin_matmul
+from ssmlora_app.linalg import add_product_, rank_major, thin_matmul
 from ssmlora_app.ssm.depth_state import depth_state_reference, dropout_mask
 
 
@@ -57,15 +61,32 @@ class AutogradSSMLoRALinear(SSMLoRALinear):
         return result.add_((z @ self.W_b).mul_(self.scaling).to(result.dtype))
 
 
+class GemmLoRALinear(LoRALinear):
+    """LoRA with ``scale · (x Aᵀ) Bᵀ`` added into the base output by one in-place GEMM."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        result = self.base_layer(x)
+        u = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))
+        B_t = rank_major(self.lora_B.weight.T)
+        return add_product_(result, u, B_t, self.scaling).view(*lead, -1)
+
+
 def build(kind: str, backbone: BackboneConfig, preset: str) -> nn.Module:
     torch.manual_seed(0)
     model = build_classifier(backbone, 2, "single_label_classification")
-    if kind == "lora_same":
+    if kind.startswith("lora_same"):
         names = preset_modules(model, preset)
         head = [] if preset == "full_model" else None
-        return inject_adapters(
+        model = inject_adapters(
             model, LoRAConfig(r=8, alpha=16, target_modules=names, modules_to_save=head)
         )
+        if kind == "lora_same_gemm":
+            for module in model.modules():
+                if isinstance(module, LoRALinear):
+                    module.__class__ = GemmLoRALinear
+        return model
     model = inject_adapters(model, SSMLoRAConfig(preset=preset))
     if kind == "ssmlora_autograd":
         for module in model.modules():
@@ -114,7 +135,7 @@ def main() -> None:
     spec = PRESETS[args.preset]
     backbone = BackboneConfig(config=dict(spec.backbone))
     runners = {}
-    for kind in ("lora_same", "ssmlora", "ssmlora_autograd"):
+    for kind in ("lora_same", "lora_same_gemm", "ssmlora", "ssmlora_autograd"):
         model = build(kind, backbone, args.preset_name)
         params = [p for p in model.parameters() if p.requires_grad]
         runners[kind] = Runner(
@@ -134,14 +155,15 @@ def main() -> None:
             {k: functools.partial(getattr(r, call), batch) for k, r in runners.items()},
             2, args.repeats, device, time.process_time,
         )  # fmt: skip
-        base = times["lora_same"].samples
         for kind in runners:
-            ratios = [a / b for a, b in zip(times[kind].samples, base)]
-            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            parts = []
+            for base in ("lora_same", "lora_same_gemm"):
+                ratios = [a / b for a, b in zip(times[kind].samples, times[base].samples)]
+                q1, _, q3 = statistics.quantiles(ratios, n=4)
+                parts.append(f"{statistics.median(ratios):.3f} ({q1:.3f}-{q3:.3f})")
             print(
-                f"  {what:5} {kind:17} median {times[kind].median * 1e3:8.1f} ms  "
-                f"paired ratio to lora_same {statistics.median(ratios):.3f} "
-                f"(quartiles {q1:.3f}-{q3:.3f})"
+                f"  {what:5} {kind:17} median {times[kind].median * 1e3:8.1f} ms  paired "
+                f"ratio (quartiles) to lora_same {parts[0]}, to lora_same_gemm {parts[1]}"
             )
     print("saved for backward in one training forward (MiB):")
     saved = {k: saved_bytes(r, batch) for k, r in runners.items()}
