@@ -211,7 +211,7 @@ class SSMLoRALinear(AdapterLayer):
         # into in place (an in-place op on a view of it would make autograd clone the whole
         # (N, d_out) gradient in backward).
         lead = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])  # (N, d_in), a view
+        x = x.reshape(-1, x.shape[-1])  # (N, d_in), a view of a contiguous input
         result = self.base_layer(x)  # (N, d_out)
         u = thin_matmul(self.input_dropout(x.to(self.W_a.dtype)), self.W_a)  # (N, r)
         state_shape = (*lead, u.shape[-1])  # the chain keeps states (..., r)
