@@ -11,7 +11,7 @@ WEIGHTS ?= $(HOME)/.cache/ssmlora/weights
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install weights quickstart quickstart-random test test-unit lint
+.PHONY: install weights quickstart quickstart-random test test-unit lint gpu-wheels
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,8 @@ test: lint weights
 # The unit tests alone (seconds).
 test-unit: $(BIN)/.installed
 	$(OFFLINE) $(BIN)/python -m pytest -m "not slow"
+
+# Wheels of the packages the GPU machine lacks, into .whl/ for benchmarks/gpu_check.sh (see
+# docs/benchmarks.md for the device command).
+gpu-wheels:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_wheels.sh

@@ -16,6 +16,7 @@ only the memory order changes. On CUDA the copy is one small extra kernel per pr
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -35,3 +36,26 @@ def thin_matmul(x: Tensor, w: Tensor) -> Tensor:
     """``x @ w`` for ``x (..., K)`` and a thin ``w (K, N)``: ``(..., N)``, computed with ``w``
     rank-major (see the module docstring for why and what it measured)."""
     return x @ rank_major(w)
+
+
+def add_product_(out: Tensor, a: Tensor, w: Tensor, alpha: float = 1.0) -> Tensor:
+    """``out += alpha · (a @ w)`` in place; ``out (..., N)``, ``a (..., K)``, ``w (K, N)``.
+
+    One GEMM with ``beta = 1`` (``addmm_``) when ``out`` is contiguous and the product can run in
+    ``out``'s dtype (``a`` and ``w`` already in it, or ``w`` cast to it under autocast, which
+    casts it so anyway): no ``(..., N)`` product, scaled copy or sum is allocated, and the
+    backward scales the thin ``(…, K)`` and ``(K, N)`` gradients instead of a ``(…, N)`` one.
+    Otherwise (e.g. an fp32 adapter on a bf16 layer without autocast) the product runs in
+    ``w``'s dtype and is cast, as before. ``out`` must be a fresh buffer no backward reads (a
+    linear's output). Pass ``out`` as a 2-D ``(rows, N)`` tensor where it can be: an in-place op
+    on a view of a tensor makes autograd clone the tensor's whole gradient in backward.
+    """
+    same = a.dtype == out.dtype
+    castable = w.dtype == out.dtype or torch.is_autocast_enabled(out.device.type)
+    if same and castable and out.dim() == 2:
+        return out.addmm_(a, w.to(out.dtype), alpha=alpha)
+    if same and castable and out.is_contiguous():  # through a view: autograd copies the gradient
+        rows = out.view(-1, out.shape[-1])
+        rows.addmm_(a.reshape(-1, a.shape[-1]), w.to(out.dtype), alpha=alpha)
+        return out
+    return out.add_((a @ w).mul_(alpha).to(out.dtype))

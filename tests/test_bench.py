@@ -65,7 +65,15 @@ def tiny_result(one_thread):
 @pytest.mark.slow
 def test_tiny_bench_measures_every_available_method(tiny_result):
     methods = {r["method"] for r in tiny_result.rows}
-    assert {"frozen", "full", "lora", "peft_lora", "hrm_fft", "hrm_sequential"} <= methods
+    assert {
+        "frozen",
+        "full",
+        "lora",
+        "peft_lora",
+        "hrm_fft",
+        "hrm_chunked",
+        "hrm_sequential",
+    } <= methods
     assert {"ssmlora_attention_sparse", "ssmlora_full_model"} <= methods
     assert not [r for r in methods if r.startswith("sdt")]  # no Mamba here: skipped with a note
     assert {r["seq_len"] for r in tiny_result.rows} == {8, 16}
@@ -94,18 +102,35 @@ def test_lora_full_model_rows_sit_where_ssmlora_full_model_does(tiny_result):
     modules = 2 * 5 + 1
     assert by["lora_full_model_same"] == by["ssmlora_full_model"] - modules * 2 * 8**2
     assert by["lora_full_model_paper"] > by["lora_full_model_same"]
+    # attention_sparse: q at layer 0, v at layer 1; the head is trained fully in both rows
+    assert by["lora_attention_sparse_same"] == by["ssmlora_attention_sparse"] - 2 * 2 * 8**2
 
 
 @pytest.mark.slow
-def test_scan_rows_compare_fft_and_sequential(tiny_result):
+def test_ssmlora_rows_carry_ratios_to_lora_on_the_same_linears(tiny_result):
+    by = {(r["method"], r["seq_len"]): r for r in tiny_result.rows}
+    for preset, same in (("full_model", "lora_full_model_same"),
+                         ("attention_sparse", "lora_attention_sparse_same")):  # fmt: skip
+        row, base = by[f"ssmlora_{preset}", 16], by[same, 16]
+        assert row["train_vs_same"] == pytest.approx(
+            row["train_s"]["median"] / base["train_s"]["median"]
+        )
+        assert row["infer_vs_same"] == pytest.approx(
+            row["infer_s"]["median"] / base["infer_s"]["median"]
+        )
+    assert by["lora", 16]["train_vs_same"] is None
+
+
+@pytest.mark.slow
+def test_scan_rows_compare_chunked_fft_and_sequential(tiny_result):
     comps = {(r["component"], r["seq_len"]): r for r in tiny_result.scan_rows}
-    assert set(comps) == {
-        (c, n) for c in ("scan_fft", "scan_sequential", "lora_bypass") for n in (8, 16)
-    }
+    names = ("scan_fft", "scan_chunked", "scan_sequential", "lora_bypass")
+    assert set(comps) == {(c, n) for c in names for n in (8, 16)}
     seq = comps["scan_sequential", 16]
-    assert seq["fft_speedup"] == pytest.approx(
-        seq["fwd_bwd_s"]["median"] / comps["scan_fft", 16]["fwd_bwd_s"]["median"]
-    )
+    for path in ("fft", "chunked"):
+        assert seq[f"{path}_speedup"] == pytest.approx(
+            seq["fwd_bwd_s"]["median"] / comps[f"scan_{path}", 16]["fwd_bwd_s"]["median"]
+        )
     assert comps["lora_bypass", 8]["vs_lora_bypass"] == 1.0
 
 

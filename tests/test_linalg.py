@@ -1,9 +1,10 @@
-"""rank_major / thin_matmul: only the memory order changes, never a value or a gradient."""
+"""Products with thin matrices: rank_major / thin_matmul change only the memory order, never a
+value or a gradient; add_product_ adds a scaled product in place with the plain sum's gradients."""
 
 import pytest
 import torch
 
-from ssmlora_app.linalg import rank_major, thin_matmul
+from ssmlora_app.linalg import add_product_, rank_major, thin_matmul
 
 
 @pytest.mark.parametrize("shape", [(48, 4), (4, 48), (6, 6)])
@@ -38,3 +39,54 @@ def test_thin_matmul_equals_matmul_with_gradients(shape):
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
     assert gw.shape == w.shape
+
+
+def _product_case(out_dtype, a_dtype, w_dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.randn(3, 5, 12, generator=gen).to(out_dtype)
+    a = torch.randn(3, 5, 4, generator=gen).to(a_dtype).requires_grad_()
+    w = torch.randn(4, 12, generator=gen).to(w_dtype).requires_grad_()
+    return out, a, w
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_add_product_is_one_gemm_with_the_gradients_of_the_plain_sum(dtype):
+    out, a, w = _product_case(dtype, dtype, dtype)
+    base = out.clone().requires_grad_()
+    result = add_product_(base * 1, a, w, alpha=2.0)  # base * 1: a fresh buffer with a graph
+    expected = base + 2.0 * (a @ w)
+    g = torch.randn_like(expected)
+    got = torch.autograd.grad(result, (base, a, w), g)
+    ref = torch.autograd.grad(expected, (base, a, w), g)
+    tol = {"atol": 1e-12, "rtol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(result, expected, **tol)
+    for x, y in zip(got, ref):
+        torch.testing.assert_close(x, y, **tol)
+
+
+def test_add_product_writes_into_out_and_keeps_zero_exact():
+    out, a, w = _product_case(torch.float32, torch.float32, torch.float32)
+    before = out.clone()
+    with torch.no_grad():
+        assert add_product_(out, a, w.zero_(), alpha=8.0) is out
+    assert torch.equal(out, before)  # W_b = 0 at init: bitwise the base output
+
+
+def test_add_product_mixed_dtypes_without_autocast_multiplies_in_the_weight_dtype():
+    """An fp32 adapter on a bf16 layer (no autocast): the product runs in fp32, then is cast."""
+    out, a, w = _product_case(torch.bfloat16, torch.float32, torch.float32)
+    expected = out + (2.0 * (a @ w)).bfloat16()
+    got = add_product_(out.clone(), a, w, alpha=2.0)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected)
+
+
+def test_add_product_under_autocast_casts_the_weight_as_autocast_would():
+    out, a, w = _product_case(torch.bfloat16, torch.bfloat16, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = add_product_(out.clone(), a, w, alpha=2.0)
+        expected = out + 2.0 * (a @ w)  # autocast: the product in bf16
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.02)
+    got.float().sum().backward()
+    assert w.grad.dtype == torch.float32 and a.grad.dtype == torch.bfloat16

@@ -1,4 +1,5 @@
-"""The FFT scan against its sequential reference, the decode step, complex modes and autocast."""
+"""The fast scans (chunked, FFT, auto) against the sequential reference, the decode step, complex
+modes and autocast."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import torch
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.ssm import lti_scan, lti_step
+from ssmlora_app.ssm.scan import (
+    AUTO_CHUNKED_FROM,
+    choose_scan,
+    chunk_size,
+    decay_matrix,
+    states_chunked,
+    states_fft,
+    states_sequential,
+)
+
+FAST = ("fft", "chunked", "auto")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -37,23 +49,107 @@ def complex_system(d: int, D: int, seed: int = 0):
     return A_bar, B_bar, C
 
 
-@pytest.mark.parametrize("length", [1, 7, 512, 4096])
-def test_fft_matches_sequential(length):
+@pytest.mark.parametrize("method", FAST)
+@pytest.mark.parametrize("length", [1, 7, 65, 512, 1500, 4096])
+def test_fast_scans_match_sequential(length, method):
     A_bar, B_bar, C = real_system(d=8, D=6)
     u = torch.randn(2, length, 6, generator=torch.Generator().manual_seed(1))
-    y_fft, s_fft = lti_scan(u, A_bar, B_bar, C, method="fft")
+    y_fast, s_fast = lti_scan(u, A_bar, B_bar, C, method=method)
     y_seq, s_seq = lti_scan(u, A_bar, B_bar, C, method="sequential")
-    assert y_fft.shape == (2, length, 6) and y_fft.dtype == torch.float32
-    assert rel_err(y_fft, y_seq) <= 1e-5
-    assert rel_err(s_fft, s_seq) <= 1e-5
+    assert y_fast.shape == (2, length, 6) and y_fast.dtype == torch.float32
+    assert rel_err(y_fast, y_seq) <= 1e-5
+    assert rel_err(s_fast, s_seq) <= 1e-5
 
 
-def test_fft_matches_sequential_16k():
+@pytest.mark.parametrize("method", ["fft", "chunked"])
+def test_fast_scans_match_sequential_16k(method):
     A_bar, B_bar, C = real_system(d=4, D=2)
     u = torch.randn(1, 16384, 2, generator=torch.Generator().manual_seed(2))
-    y_fft, _ = lti_scan(u, A_bar, B_bar, C, method="fft")
+    y_fast, _ = lti_scan(u, A_bar, B_bar, C, method=method)
     y_seq, _ = lti_scan(u, A_bar, B_bar, C, method="sequential")
-    assert rel_err(y_fft, y_seq) <= 1e-5
+    assert rel_err(y_fast, y_seq) <= 1e-5
+
+
+@pytest.mark.parametrize("system", [real_system, complex_system])
+@pytest.mark.parametrize("method", ["fft", "chunked"])
+def test_float64_values_and_gradients_equal_the_recurrence(method, system):
+    """In float64 every path is the recurrence to rounding, gradients included (the chunked
+    path's through its decay matrices and the carry across chunks, 3 levels at L = 700)."""
+    A_bar, B_bar, C = system(5, 3, seed=12)
+    gen = torch.Generator().manual_seed(13)
+    u = torch.randn(2, 700, 3, generator=gen, dtype=torch.float64)
+    s0 = torch.randn(2, 5, generator=gen, dtype=torch.float64).to(
+        torch.complex128 if A_bar.is_complex() else torch.float64
+    )
+    grads = []
+    for m in (method, "sequential"):
+        leaves = [t.detach().to(torch.promote_types(t.dtype, torch.float64)).requires_grad_()
+                  for t in (u, A_bar, B_bar, C, s0)]  # fmt: skip
+        y, last = lti_scan(*leaves[:4], state=leaves[4], method=m)
+        assert y.dtype == torch.float64
+        (y.square().sum() + last.abs().square().sum()).backward()
+        grads.append([y.detach(), last.detach(), *(t.grad for t in leaves)])
+    for got, ref in zip(*grads):
+        assert rel_err(got, ref) <= 1e-11
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 50, 64])
+def test_chunked_any_chunk_size_and_padding(chunk):
+    """Chunks that do not divide L (zero padding), chunk 1 (deep recursion), one chunk."""
+    A_bar, _, _ = real_system(6, 2, seed=14)
+    b = torch.randn(3, 50, 6, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    s0 = torch.randn(3, 6, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    ref = states_sequential(b, A_bar.double(), s0)
+    got = states_chunked(b, A_bar.double(), s0, chunk=chunk)
+    assert rel_err(got, ref) <= 1e-12
+
+
+def test_chunk_size_and_decay_matrix():
+    assert [chunk_size(n) for n in (1, 64, 128, 1024, 2048, 16384, 1 << 20)] == [
+        8, 8, 16, 32, 64, 128, 128,
+    ]  # fmt: skip
+    log_A = torch.log(torch.tensor([0.5, 0.9, 1e-30]))
+    K = decay_matrix(log_A, 5)
+    assert K.shape == (3, 5, 5)
+    assert torch.equal(K, K.triu()) and torch.equal(K.diagonal(dim1=1, dim2=2), torch.ones(3, 5))
+    torch.testing.assert_close(K[0, 1, 4], torch.tensor(0.125))  # 0.5^(4-1)
+    # a fast mode: Ā¹ = 1e-30 kept, Ā² = 1e-60 (below fp32's normal range) exactly 0
+    assert K[2, 0, 1] > 0 and torch.isfinite(K).all() and not (K[2].triu(2) != 0).any()
+
+
+def test_fast_modes_stay_exact_and_finite():
+    """Ā near 0 (powers far below fp32's normal range) at every chunk level."""
+    A_bar = torch.tensor([1e-20, 0.01, 0.5, 0.999])
+    b = torch.randn(2, 5000, 4, generator=torch.Generator().manual_seed(17))
+    ref = states_sequential(b, A_bar)
+    for states in (states_chunked, states_fft):
+        got = states(b, A_bar)
+        assert torch.isfinite(got).all() and rel_err(got, ref) <= 1e-5
+
+
+def test_auto_picks_per_length_and_system():
+    assert choose_scan("auto", AUTO_CHUNKED_FROM, complex_=False) == "chunked"
+    assert choose_scan("auto", AUTO_CHUNKED_FROM - 1, complex_=False) == "fft"
+    assert choose_scan("auto", 1 << 14, complex_=True) == "fft"  # the reduced adapter's modes
+    assert choose_scan("sequential", 1 << 14, complex_=False) == "sequential"
+    assert choose_scan("auto", 1 << 14, complex_=False, device_type="cuda") == "fft"  # unmeasured
+    A_bar, B_bar, C = real_system(4, 3)
+    u = torch.randn(1, AUTO_CHUNKED_FROM, 3, generator=torch.Generator().manual_seed(18))
+    assert torch.equal(
+        lti_scan(u, A_bar, B_bar, C, method="auto")[0],
+        lti_scan(u, A_bar, B_bar, C, method="chunked")[0],
+    )
+
+
+def test_chunked_gradient_reaches_the_input_contiguous():
+    """The layout guard: ∂L/∂u comes back as a plain (B, L, D) tensor, not a transposed view
+    (which made the input projection's backward copy the whole gradient)."""
+    A_bar, B_bar, C = real_system(4, 3)
+    u = torch.randn(2, 100, 3, generator=torch.Generator().manual_seed(19), requires_grad=True)
+    b = u @ B_bar.T
+    b.retain_grad()
+    (states_chunked(b, A_bar) @ C.T).sum().backward()
+    assert b.grad.is_contiguous() and u.grad.is_contiguous()
 
 
 def test_matches_float64_recurrence():

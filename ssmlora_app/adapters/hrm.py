@@ -9,7 +9,8 @@ For a decoder layer with MLP input ``u = LN₂(h)`` (``(B, L, D)``), the HRM pap
 
 with ``B (d, D)``, ``C (D, d)``, a scalar gate ``g``: ``2dD + 2d + 1`` parameters per layer, all
 fp32 (the layers are in :mod:`ssmlora_app.adapters.hrm_layers`). The scan is
-:func:`ssmlora_app.ssm.lti_scan` (exact FFT convolution, or the sequential reference).
+:func:`ssmlora_app.ssm.lti_scan` (exact chunked or FFT paths, chosen per length by ``scan: auto``,
+or the sequential reference).
 
 Insertion is a wrapper module around the MLP (no edit or monkey-patch of ``transformers``): the
 wrapper sees exactly the MLP's input, which is ``u``, and adds to the MLP's output, which the
@@ -76,8 +77,11 @@ class HRMConfig(AdapterConfig):
     dt_max: float = 1e-1
     """Upper end of the log-uniform initial step ``Δ``."""
 
-    scan: str = "fft"
-    """``fft`` (exact FFT convolution, fast) or ``sequential`` (the reference recurrence)."""
+    scan: str = "auto"
+    """``auto`` (the faster exact path for each call's length as measured: on CPU ``chunked``
+    from 1024 tokens, ``fft`` below; ``fft`` on other devices until measured), ``chunked``
+    (decay-matrix products within chunks, the recurrence across them), ``fft`` (FFT convolution)
+    or ``sequential`` (the reference recurrence)."""
 
     train: str = "all"
     """Which adapter parameters train: ``all``, or ``gate`` (only each layer's gate ``g``, e.g.
@@ -244,8 +248,11 @@ def diagnostics(model: nn.Module) -> Diagnostics:
 
 
 def _bench(model: nn.Module, settings: BenchSettings) -> dict[str, AdapterConfig]:
+    """One row per scan path (``auto`` is one of ``chunked``/``fft`` at each length: not
+    measured twice)."""
     d_state = settings.options.get("d_state", 16)  # 16 ≈ LoRA r=8 on query and value
-    return {f"hrm_{scan}": HRMConfig(d_state=d_state, scan=scan) for scan in SCAN_METHODS}
+    scans = [s for s in SCAN_METHODS if s != "auto"]
+    return {f"hrm_{scan}": HRMConfig(d_state=d_state, scan=scan) for scan in scans}
 
 
 register_adapter(

@@ -120,7 +120,7 @@ class HRMLayer(HRMBypass):
         gate_init: float = 0.01,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
-        scan: str = "fft",
+        scan: str = "auto",
         post_ln: bool = False,
         device: torch.device | str | None = None,
     ):
@@ -171,7 +171,7 @@ class HRMModalLayer(HRMBypass):
         n_complex: int = 0,
         *,
         gate_init: float = 0.01,
-        scan: str = "fft",
+        scan: str = "auto",
         post_ln: bool = False,
         device: torch.device | str | None = None,
     ):

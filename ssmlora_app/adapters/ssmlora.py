@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
@@ -46,7 +45,8 @@ from ssmlora_app.adapters.targets import (
     replace_module,
 )
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.linalg import thin_matmul
+from ssmlora_app.linalg import add_product_, thin_matmul
+from ssmlora_app.ssm.depth_state import depth_state, dropout_mask
 
 HEAD_CHAIN = "head"
 """Chain of the adapted modules outside the layer stack (the classification head's linears)."""
@@ -150,11 +150,6 @@ class SSMLoRAConfig(AdapterConfig):
         return lora_scaling(self.alpha, self.r) if self.scale_mode == "alpha_over_r" else self.alpha
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32, or fp64 when the adapter itself is fp64 (reference tests)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 class SSMLoRALinear(AdapterLayer):
     """A frozen ``nn.Linear``/``Conv1D`` plus SSMLoRA at one position of one state chain.
 
@@ -183,7 +178,7 @@ class SSMLoRALinear(AdapterLayer):
         self.input_dropout = (
             nn.Dropout(config.input_dropout) if config.input_dropout > 0 else nn.Identity()
         )
-        self.state_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout = config.dropout
         self.scaling = config.scaling
         self.norm = config.norm
         self.eps = config.eps
@@ -215,36 +210,29 @@ class SSMLoRALinear(AdapterLayer):
     def unmerge(self) -> None:
         """Nothing to undo: an SSMLoRA layer is never merged."""
 
-    def normalise(self, h: torch.Tensor) -> torch.Tensor:
-        """``ĥ`` from ``h_new`` (``(..., r)``), over the r axis, in ``h``'s (fp32/fp64) dtype."""
-        if self.norm == "minmax":
-            low, high = torch.aminmax(h, dim=-1, keepdim=True)  # one pass for both, (..., 1)
-            return (h - low) / (high - low + self.eps)
-        if self.norm == "layernorm":
-            return F.layer_norm(h, h.shape[-1:], eps=self.eps)
-        return h
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
-        u = thin_matmul(self.input_dropout(x.to(self.W_a.dtype)), self.W_a)  # (..., r)
-        h_prev = self.state_chain.read(self.chain, self.position, like=u)
-        dtype = _compute_dtype(self.W_c.dtype)
-        with torch.autocast(device_type=u.device.type, enabled=False):
-            u_full = u.to(dtype)
-            # The first module of a chain starts from h = 0 (the paper's initial state). Computing with the zero
-            # state keeps W_c in the graph (its gradient is 0), so DDP finds no unused parameter.
-            h_prev = torch.zeros_like(u_full) if h_prev is None else h_prev.to(dtype)
-            h_new = u_full @ self.W_d.to(dtype) + h_prev + h_prev @ self.W_c.to(dtype)  # (..., r)
-            h_hat = self.normalise(h_new)
-        passed = h_hat if self.pass_normalised_state else h_new
+        # Rows of tokens (N, ·): the base output is then the very tensor the product is added
+        # into in place (an in-place op on a view of it would make autograd clone the whole
+        # (N, d_out) gradient in backward).
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])  # (N, d_in), a view of a contiguous input
+        result = self.base_layer(x)  # (N, d_out)
+        u = thin_matmul(self.input_dropout(x.to(self.W_a.dtype)), self.W_a)  # (N, r)
+        state_shape = (*lead, u.shape[-1])  # the chain keeps states (..., r)
+        h_prev = self.state_chain.read(self.chain, self.position, like=u.view(state_shape))
+        mask = dropout_mask(u, self.dropout) if self.training and self.dropout > 0 else None
+        # One fused node for h, ĥ and z = u + dropout(ĥ) (see ssm.depth_state).
+        z, passed = depth_state(
+            u, h_prev, self.W_c, self.W_d, mask, norm=self.norm, eps=self.eps,
+            pass_normalised=self.pass_normalised_state,
+        )  # fmt: skip
+        passed = passed.view(state_shape)
         self.state_chain.write(
             self.chain, self.position, passed.detach() if self.detach_state else passed
         )
-        # The scale and the sum run in place on fresh (..., d_out) buffers, as in LoRA: neither a
-        # product's nor a linear's backward needs its output, so no temporary of the layer's
-        # output size is allocated beyond the two products themselves.
-        update = (u + self.state_dropout(h_hat).to(u.dtype)) @ self.W_b  # (..., d_out)
-        return result.add_(update.mul_(self.scaling).to(result.dtype))
+        # result += scale · z W_b as one GEMM into the base layer's fresh output (a linear's
+        # backward needs no output): no (N, d_out) product, scaled copy or sum is allocated.
+        return add_product_(result, z, self.W_b, self.scaling).view(*lead, -1)
 
 
 def _layered_type(name: str, layers_pattern: str | None) -> str | None:

@@ -15,9 +15,9 @@ each round) after warm-up, and each figure is the median over repeats with its m
   /proc/self/clear_refs``), and the peak is ``VmHWM`` after the step minus ``VmRSS`` before it,
   so each configuration is measured on its own although all models live in the same process.
   Without ``/proc/self/clear_refs`` the CPU peak is reported as unavailable.
-* **scan** rows time the HRM scan alone (``lti_scan`` forward + backward, FFT and sequential)
-  next to a LoRA bypass of the same width, so the ``O(L log L)`` growth is visible without the
-  attention's ``O(L²)``.
+* **scan** rows time the HRM scan alone (``lti_scan`` forward + backward: chunked, FFT and
+  sequential) next to a parameter-matched LoRA bypass (rank ``d``, the same width), so the
+  scan's growth in ``L`` is visible without the attention's ``O(L²)``.
 
 Ratios to our LoRA are the headline numbers; :func:`fit_exponent` fits ``time ∝ L^p``.
 """
@@ -178,7 +178,8 @@ def bench(
         preset: Backbone shape and settings: roberta-base, llama-tiny, llama-1b-shapes or
             mamba-130m (skipped when the SDT adapter is absent).
         methods: Baselines (frozen, full, peft_lora, lora_full_model: LoRA where SSMLoRA's
-            full_model sits, and on the paper's baseline for it) and registered adapter methods
+            full_model sits, and on the paper's baseline for it, lora_attention_sparse: LoRA
+            where attention_sparse sits) and registered adapter methods
             (lora, ssmlora, hrm, sdt, ...: the rows of each method's bench hook), or single rows
             (hrm_fft); default: the preset's. Methods that cannot run on the preset's backbone
             are skipped with a note.

@@ -21,7 +21,7 @@ from ssmlora_app.adapters.hrm_layers import discretize
 from ssmlora_app.linalg import thin_matmul
 from ssmlora_app.ssm.scan import lti_scan
 from ssmlora_app.tools.bench.presets import BASELINE
-from ssmlora_app.tools.bench.rows import Runner
+from ssmlora_app.tools.bench.rows import SAME_MODULES, Runner
 
 
 def _sync(device: torch.device) -> None:
@@ -200,14 +200,17 @@ def measure_models(
                 "infer_peak_mb": peak_memory_mb(lambda r=runner: r.infer(batch), device),
             }
         )
-    base = next((r for r in rows if r["method"] == BASELINE), None)
+    by_name = {r["method"]: r for r in rows}
+    base = by_name.get(BASELINE)
     for row in rows:
+        same = by_name.get(SAME_MODULES.get(row["method"], ""))
         for key, value in (
             ("train_vs_lora", lambda r: r["train_s"]["median"]),
             ("infer_vs_lora", lambda r: r["infer_s"]["median"]),
             ("train_peak_vs_lora", lambda r: r["train_peak_mb"]),
         ):
             row[key] = _ratio(value(row), value(base)) if base else None
+            row[key.replace("_lora", "_same")] = _ratio(value(row), value(same)) if same else None
     return rows
 
 
@@ -222,16 +225,17 @@ def measure_scan(
     sequential_max_len: int,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict]:
-    """The HRM scan alone (``discretize`` + ``lti_scan``, fwd + bwd of ``y.sum()``) with FFT and
-    sequential scans, next to a LoRA r=16 bypass ``(x A) B`` of the same width; ``u (B, L, D)``
+    """The HRM scan alone (``discretize`` + ``lti_scan``, fwd + bwd of ``y.sum()``) with the
+    chunked, FFT and sequential scans, next to a parameter-matched LoRA bypass ``(x A) B`` of
+    rank ``d_state`` (``2·d·D`` parameters against HRM's ``2·d·D + 2d + 1``); ``u (B, L, D)``
     needs grad as inside a network. The sequential scan is timed up to ``sequential_max_len``."""
     gen = torch.Generator().manual_seed(0)
     log_A = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).to(device)
     log_dt = torch.full((d_state,), -3.0, device=device)
     B = (torch.randn(d_state, d_model, generator=gen) / d_model**0.5).to(device)
     C = (torch.randn(d_model, d_state, generator=gen) / d_state**0.5).to(device)
-    lora_A = (torch.randn(16, d_model, generator=gen) / d_model**0.5).to(device)
-    lora_B = (torch.randn(d_model, 16, generator=gen) * 0.01).to(device)
+    lora_A = (torch.randn(d_state, d_model, generator=gen) / d_model**0.5).to(device)
+    lora_B = (torch.randn(d_model, d_state, generator=gen) * 0.01).to(device)
     params = [log_A, log_dt, B, C, lora_A, lora_B]
     for p in params:
         p.requires_grad_(True)
@@ -248,6 +252,7 @@ def measure_scan(
         u = torch.randn(batch_size, seq_len, d_model, generator=gen).to(device).requires_grad_()
         calls = {
             "scan_fft": lambda u=u: scan(u, "fft"),
+            "scan_chunked": lambda u=u: scan(u, "chunked"),
             "lora_bypass": lambda u=u: bypass(u),
         }
         if seq_len <= sequential_max_len:
@@ -265,6 +270,11 @@ def measure_scan(
                     "vs_lora_bypass": timing.median / times["lora_bypass"].median,
                     "fft_speedup": (
                         timing.median / times["scan_fft"].median
+                        if name == "scan_sequential"
+                        else None
+                    ),
+                    "chunked_speedup": (
+                        timing.median / times["scan_chunked"].median
                         if name == "scan_sequential"
                         else None
                     ),

@@ -25,9 +25,11 @@ class BenchResult:
     """``wall`` or ``cpu`` (see :data:`CLOCKS`)."""
     memory_method: str
     rows: list[dict] = field(default_factory=list)
-    """One per (method, seq_len): times, peaks, trainable parameters, ratios to LoRA."""
+    """One per (method, seq_len): times, peaks, trainable parameters, ratios to LoRA (and, for
+    SSMLoRA's rows, ``*_vs_same``: to LoRA on exactly the same linears)."""
     scan_rows: list[dict] = field(default_factory=list)
-    """One per (component, seq_len): the HRM scan alone and a LoRA bypass, fwd + bwd."""
+    """One per (component, seq_len): the HRM scan alone (chunked, FFT, sequential) and a
+    parameter-matched LoRA bypass, fwd + bwd."""
     exponents: dict[str, float | None] = field(default_factory=dict)
     """Fitted ``time ∝ L^p`` of each method's train step and of each scan component."""
     notes: list[str] = field(default_factory=list)
@@ -55,19 +57,29 @@ def format_table(result: BenchResult) -> str:
             f"{100 * inf.spread:>5.0f} {_fmt(r['train_peak_mb'], '9.1f'):>9} "
             f"{_fmt(r['train_vs_lora'], '7.2f'):>7} {_fmt(r['infer_vs_lora'], '7.2f'):>7} "
             f"{_fmt(r['train_peak_vs_lora'], '6.2f'):>6}"
+            + (
+                f"  vs LoRA on the same linears {r['train_vs_same']:.2f} / "
+                f"{r['infer_vs_same']:.2f} / {_fmt(r['train_peak_vs_same'], '.2f')}"
+                if r.get("train_vs_same") is not None
+                else ""
+            )
         )
     if result.scan_rows:
         lines.append(
             f"scan alone (fwd+bwd, batch {result.scan_rows[0]['batch_size']}, "
             f"D={result.scan_rows[0]['d_model']}, d={result.scan_rows[0]['d_state']}):"
         )
-        lines.append(f"{'seq':>6} {'component':<26} {'s':>9} {'±%':>5} {'×bypass':>8} {'×fft':>7}")
+        lines.append(
+            f"{'seq':>6} {'component':<26} {'s':>9} {'±%':>5} {'×bypass':>8} {'÷fft':>7} "
+            f"{'÷chunked':>8}"
+        )
         for r in result.scan_rows:
             t = Timing(**r["fwd_bwd_s"])
             lines.append(
                 f"{r['seq_len']:>6} {r['component']:<26} {t.median:>9.4f} "
                 f"{100 * t.spread:>5.0f} {r['vs_lora_bypass']:>8.2f} "
-                f"{_fmt(r['fft_speedup'], '7.1f'):>7}"
+                f"{_fmt(r['fft_speedup'], '7.1f'):>7} "
+                f"{_fmt(r.get('chunked_speedup'), '8.1f'):>8}"
             )
     if result.exponents:
         fitted = ", ".join(f"{k} {_fmt(v, '.2f')}" for k, v in result.exponents.items())

@@ -32,7 +32,7 @@ class BenchPreset:
     scan_seq_lens: tuple[int, ...] = ()
     """Sequence lengths of the scan-alone rows (empty: none)."""
     scan_d_state: int = 16
-    """State size of the scan-alone rows."""
+    """State size of the scan-alone rows; also the rank of their parameter-matched LoRA bypass."""
     method_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     """Per registered method: its ``BenchSettings.options`` (e.g. ``{"hrm": {"d_state": 32}}``)."""
     requires_adapter: str | None = None
@@ -88,7 +88,16 @@ _MAMBA_130M = MappingProxyType(
         "pad_token_id": 0,
     }
 )
-_ALL = ("frozen", "full", "lora", "peft_lora", "ssmlora", "lora_full_model", "hrm")
+_ALL = (
+    "frozen",
+    "full",
+    "lora",
+    "peft_lora",
+    "ssmlora",
+    "lora_full_model",
+    "lora_attention_sparse",
+    "hrm",
+)
 
 PRESETS: MappingProxyType[str, BenchPreset] = MappingProxyType(
     {

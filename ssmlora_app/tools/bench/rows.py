@@ -64,9 +64,13 @@ def _build_peft_lora(model: nn.Module, preset: BenchPreset) -> nn.Module:
 def _build_lora_on(placement: str) -> Callable[[nn.Module, BenchPreset], nn.Module]:
     """LoRA r=8 on the linears SSMLoRA's ``full_model`` adapts (``same``), or on the paper's LoRA
     baseline for it (``paper``: q, k, v, o, FFN-in, FFN-out, head); the head learns through its
-    adapters in both, as in SSMLoRA's ``full_model``."""
+    adapters in both, as in SSMLoRA's ``full_model``. ``sparse_same``: on the linears of
+    ``attention_sparse`` (alternating query/value), the head trained fully as there."""
 
     def build(model: nn.Module, preset: BenchPreset) -> nn.Module:
+        if placement == "sparse_same":
+            names = preset_modules(model, "attention_sparse")
+            return inject_adapters(model, LoRAConfig(r=8, alpha=16, target_modules=names))
         if placement == "same":
             names = preset_modules(model, "full_model")
         else:
@@ -88,13 +92,23 @@ BASELINES: Mapping[str, Mapping[str, Builder]] = MappingProxyType(
             "lora_full_model_same": _build_lora_on("same"),
             "lora_full_model_paper": _build_lora_on("paper"),
         },
+        "lora_attention_sparse": {"lora_attention_sparse_same": _build_lora_on("sparse_same")},
     }
 )
 """Rows that are not registered adapters: ``frozen`` trains only the task head (the floor of any
 adapter); ``full`` trains everything; ``peft_lora`` is ``peft``'s LoRA on the preset's targets;
 ``lora_full_model`` is LoRA where SSMLoRA's ``full_model`` sits (``_same``: the cost of the state
-term alone) and on the paper's LoRA baseline for it (``_paper``). Every registered adapter method
-adds the rows of its ``bench`` hook (:meth:`AdapterMethod.bench_configs`)."""
+term alone) and on the paper's LoRA baseline for it (``_paper``); ``lora_attention_sparse`` is
+LoRA where ``attention_sparse`` sits (its paper baseline is ``lora`` itself). Every registered
+adapter method adds the rows of its ``bench`` hook (:meth:`AdapterMethod.bench_configs`)."""
+
+SAME_MODULES: Mapping[str, str] = MappingProxyType(
+    {
+        "ssmlora_full_model": "lora_full_model_same",
+        "ssmlora_attention_sparse": "lora_attention_sparse_same",
+    }
+)
+"""Row -> the LoRA row on exactly the same linears (``*_vs_same`` ratios: the state term's cost)."""
 
 
 def _registered_rows(method: AdapterMethod, preset: BenchPreset, base: nn.Module) -> dict:
