@@ -57,6 +57,53 @@ def test_equals_peft_lora(fields, targets, rslora):
     assert not torch.allclose(base(input_ids=ids).logits, expected, atol=1e-4)
 
 
+def test_the_update_is_one_gemm_into_the_base_output_and_equals_float64():
+    layer = LoRALinear(torch.nn.Linear(24, 40), r=4, alpha=8, dropout=0.0, rslora=False)
+    layer.base_layer.requires_grad_(False)
+    with torch.no_grad():
+        layer.lora_B.weight.normal_(std=0.1)
+    seen = []
+    layer.base_layer.register_forward_hook(lambda m, i, out: seen.append(out.data_ptr()))
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (3, 7, 40) and y.data_ptr() == seen[0]  # added in place into W0's output
+    x64 = x.detach().double().requires_grad_()
+    params64 = [p.detach().double().requires_grad_() for p in (layer.lora_A.weight,
+                                                               layer.lora_B.weight)]  # fmt: skip
+    W0, b = layer.base_layer.weight.double(), layer.base_layer.bias.double()
+    ref = x64 @ W0.T + b + layer.scaling * ((x64 @ params64[0].T) @ params64[1].T)
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ref)
+    y.backward(grad.float())
+    ref.backward(grad)
+    got = [x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad]
+    for ours, theirs in zip(got, [x64.grad, *(p.grad for p in params64)]):
+        torch.testing.assert_close(ours.double(), theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_bf16_base_layer_with_and_without_autocast(autocast):
+    """bf16 base weights: under autocast the GEMM runs in bf16 into the bf16 output; without it
+    the fp32 adapter's product is computed in fp32 and cast (the fallback path)."""
+    layer = LoRALinear(torch.nn.Linear(24, 40).bfloat16(), r=4, alpha=8, dropout=0.0, rslora=False)
+    with torch.no_grad():
+        layer.lora_B.weight.normal_(std=0.1)
+    x = torch.randn(2, 5, 24).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 5, 40)
+    ref = (
+        x.double() @ layer.base_layer.weight.double().T
+        + layer.base_layer.bias.double()
+        + layer.scaling * ((x.double() @ layer.lora_A.weight.double().T)
+                           @ layer.lora_B.weight.double().T)
+    )  # fmt: skip
+    torch.testing.assert_close(y.double(), ref, atol=0.1, rtol=0.02)  # bf16: ~3 digits
+    y.float().sum().backward()
+    assert layer.lora_A.weight.grad.dtype == layer.lora_B.weight.grad.dtype == torch.float32
+    assert layer.lora_B.weight.grad.abs().sum() > 0
+
+
 def test_zero_at_init_and_only_adapter_and_head_trainable():
     base = tiny_classifier()
     model = inject_adapters(twin(base), LoRAConfig(r=4))

@@ -39,7 +39,7 @@ from ssmlora_app.adapters.targets import (
     replace_module,
 )
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.linalg import thin_matmul
+from ssmlora_app.linalg import add_product_, rank_major
 
 
 def lora_scaling(alpha: float, r: int, rslora: bool = False) -> float:
@@ -135,18 +135,21 @@ class LoRALinear(LoRAFactors):
             self.merged = False
 
     def forward(self, x: Tensor) -> Tensor:
-        result = self.base_layer(x)
         if self.merged:
-            return result
-        x = self.lora_dropout(x.to(self.lora_A.weight.dtype))
-        # Same arithmetic as peft (B(A x), times s, plus the base output), but the scale and the
-        # sum run in place on fresh buffers: neither is saved for backward (a linear's and a
-        # scalar product's backward need no output), so this saves two (..., d_out) temporaries.
-        # B's product goes through thin_matmul (B stored rank-major for the product): on CPU
-        # that halves its backward; peft calls lora_B as an nn.Linear.
-        u = self.lora_A(x)  # (..., r)
-        delta = thin_matmul(u, self.lora_B.weight.T).mul_(self.scaling).to(result.dtype)
-        return result.add_(delta)
+            return self.base_layer(x)
+        # Rows of tokens (N, ·): the base output is then the very tensor the product is added
+        # into in place (an in-place op on a view of it would make autograd clone the whole
+        # (N, d_out) gradient in backward).
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])  # (N, d_in), a view of a contiguous input
+        result = self.base_layer(x)  # (N, d_out)
+        u = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))  # (N, r)
+        # peft's arithmetic (s · B(A x) plus the base output) as one GEMM, result += s · u Bᵀ,
+        # into the base layer's fresh output (a linear's backward needs no output): no
+        # (N, d_out) product, scaled copy or sum is allocated, and the backward scales the thin
+        # gradients. Bᵀ is laid out rank-major (see linalg): on CPU that halves its backward.
+        B_t = rank_major(self.lora_B.weight.T)  # (r, d_out)
+        return add_product_(result, u, B_t, self.scaling).view(*lead, -1)
 
 
 class LoRAWeight(LoRAFactors):
