@@ -2,13 +2,14 @@
 
 Three models of one backbone (random weights, same seed), side by side in one process:
 
-* ``lora_same``: LoRA r=8 on exactly the linears SSMLoRA's preset adapts;
+* ``lora_same``: LoRA r=8 on exactly the linears SSMLoRA's preset adapts, as shipped (its scaled
+  product added into the base output by one in-place GEMM, :func:`ssmlora_app.linalg.add_product_`,
+  as SSMLoRA adds its own): against it, ``ssmlora`` shows the cost of the state term alone;
+* ``lora_same_add``: ``lora_same`` with the forward LoRA had before (the product, its scale and
+  the sum as three ops on ``(…, d_out)`` buffers);
 * ``ssmlora``: SSMLoRA as shipped (the fused :class:`ssmlora_app.ssm.depth_state.DepthState`);
 * ``ssmlora_autograd``: SSMLoRA with the state update written in autograd ops and the scale
-  applied to the ``(…, d_out)`` product, i.e. the implementation before the fused node;
-* ``lora_same_gemm``: ``lora_same`` with its scaled product added as SSMLoRA now adds its own
-  (one in-place GEMM, :func:`ssmlora_app.linalg.add_product_`): against it, ``ssmlora`` shows
-  the cost of the state term alone.
+  applied to the ``(…, d_out)`` product, i.e. the implementation before the fused node.
 
 Prints the train step and inference (process CPU time, interleaved, median of paired per-round
 ratios with their quartiles), the bytes autograd saves for backward in one training forward
@@ -37,7 +38,8 @@ from ssmlora_app.adapters.lora import LoRALinear
 from ssmlora_app.adapters.ssmlora import SSMLoRALinear
 from ssmlora_app.adapters.ssmlora_presets import preset_modules
 from ssmlora_app.backbone import BackboneConfig, build_classifier
-from ssmlora_app.linalg import add_product_, rank_major, thin_matmul
+from ssmlora_app.linalg import thin_matmul
+from ssmlora_app.optim import build_optimizer
 from ssmlora_app.ssm.depth_state import depth_state_reference, dropout_mask
 from ssmlora_app.tools.bench import PRESETS, Runner, interleaved_times
 
@@ -61,16 +63,14 @@ class AutogradSSMLoRALinear(SSMLoRALinear):
         return result.add_((z @ self.W_b).mul_(self.scaling).to(result.dtype))
 
 
-class GemmLoRALinear(LoRALinear):
-    """LoRA with ``scale · (x Aᵀ) Bᵀ`` added into the base output by one in-place GEMM."""
+class AddLoRALinear(LoRALinear):
+    """LoRA before the in-place GEMM: ``(x Aᵀ) Bᵀ``, scaled in place, added in place."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])
         result = self.base_layer(x)
         u = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))
-        B_t = rank_major(self.lora_B.weight.T)
-        return add_product_(result, u, B_t, self.scaling).view(*lead, -1)
+        delta = thin_matmul(u, self.lora_B.weight.T).mul_(self.scaling).to(result.dtype)
+        return result.add_(delta)
 
 
 def build(kind: str, backbone: BackboneConfig, preset: str) -> nn.Module:
@@ -82,10 +82,10 @@ def build(kind: str, backbone: BackboneConfig, preset: str) -> nn.Module:
         model = inject_adapters(
             model, LoRAConfig(r=8, alpha=16, target_modules=names, modules_to_save=head)
         )
-        if kind == "lora_same_gemm":
+        if kind == "lora_same_add":
             for module in model.modules():
                 if isinstance(module, LoRALinear):
-                    module.__class__ = GemmLoRALinear
+                    module.__class__ = AddLoRALinear
         return model
     model = inject_adapters(model, SSMLoRAConfig(preset=preset))
     if kind == "ssmlora_autograd":
@@ -135,12 +135,11 @@ def main() -> None:
     spec = PRESETS[args.preset]
     backbone = BackboneConfig(config=dict(spec.backbone))
     runners = {}
-    for kind in ("lora_same", "lora_same_gemm", "ssmlora", "ssmlora_autograd"):
+    for kind in ("lora_same", "lora_same_add", "ssmlora", "ssmlora_autograd"):
         model = build(kind, backbone, args.preset_name)
-        params = [p for p in model.parameters() if p.requires_grad]
-        runners[kind] = Runner(
-            model, torch.optim.AdamW(params, lr=1e-4), sum(p.numel() for p in params)
-        )
+        optimizer = build_optimizer(functools.partial(torch.optim.AdamW, lr=1e-4), model)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        runners[kind] = Runner(model, optimizer, trainable)  # AdamW as ssmlora fit builds it
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, spec.backbone["vocab_size"], (args.batch, args.seq), generator=gen)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids[:, 0] % 2}
@@ -157,13 +156,13 @@ def main() -> None:
         )  # fmt: skip
         for kind in runners:
             parts = []
-            for base in ("lora_same", "lora_same_gemm"):
+            for base in ("lora_same", "lora_same_add"):
                 ratios = [a / b for a, b in zip(times[kind].samples, times[base].samples)]
                 q1, _, q3 = statistics.quantiles(ratios, n=4)
                 parts.append(f"{statistics.median(ratios):.3f} ({q1:.3f}-{q3:.3f})")
             print(
                 f"  {what:5} {kind:17} median {times[kind].median * 1e3:8.1f} ms  paired "
-                f"ratio (quartiles) to lora_same {parts[0]}, to lora_same_gemm {parts[1]}"
+                f"ratio (quartiles) to lora_same {parts[0]}, to lora_same_add {parts[1]}"
             )
     print("saved for backward in one training forward (MiB):")
     saved = {k: saved_bytes(r, batch) for k, r in runners.items()}

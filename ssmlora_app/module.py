@@ -26,7 +26,7 @@ from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.factory import build_model
 from ssmlora_app.objectives import objective_for
-from ssmlora_app.optim import LinearWarmupDecay, param_groups
+from ssmlora_app.optim import LinearWarmupDecay, build_optimizer
 from ssmlora_app.run import RunRecord
 from ssmlora_app.tasks import TaskInfo
 
@@ -167,7 +167,7 @@ class AdapterModule(L.LightningModule):
         return self.objective.predict(self.model, batch)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(param_groups(self.model))
+        optimizer = build_optimizer(self.optimizer_factory, self.model)
         if self.scheduler_factory is None:
             return optimizer
         # The steps left: all of them, or fewer when rebuilt mid-run (a training phase's end).
