@@ -187,9 +187,18 @@ def print_help() -> None:
     print("\n".join(lines))
 
 
+def _parsing_settings() -> None:
+    """jsonargparse's settings for every command: adapter configs and tasks as subclasses, and
+    the dataclasses' attribute docstrings as ``--help``."""
+    set_parsing_settings(
+        subclasses_enabled=[AdapterConfig, Task], docstring_parse_attribute_docstrings=True
+    )
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> SsmloraCLI:
     """The LightningCLI of ``ssmlora fit|validate|test|predict`` (``run=False``: parse and
     instantiate the model and data without running, e.g. to inspect them)."""
+    _parsing_settings()
     return SsmloraCLI(
         AdapterModule,
         TaskDataModule,
@@ -204,9 +213,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SsmloraCLI:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``ssmlora`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
-    set_parsing_settings(
-        subclasses_enabled=[AdapterConfig, Task], docstring_parse_attribute_docstrings=True
-    )
+    _parsing_settings()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     if argv in ([], ["-h"], ["--help"]):
         print_help()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -14,6 +15,7 @@ from ssmlora_app.tools.bench import (
     BASELINES,
     PRESETS,
     BenchPreset,
+    FitSettings,
     fit_exponent,
     format_table,
     interleaved_times,
@@ -204,10 +206,14 @@ def test_presets_build_their_backbones_on_meta():
     from transformers import AutoConfig
 
     for name, preset in PRESETS.items():
+        assert set(preset.methods) <= set(BASELINES) | set(ADAPTERS) | {"hrm_fft"}, name
+        assert bool(preset.weights) != bool(preset.backbone), name  # real weights or a shape
+        assert (preset.fit is None) or preset.weights, name  # fit reads the real tokenizer
+        if preset.weights:
+            continue
         fields = dict(preset.backbone)
         config = AutoConfig.for_model(fields.pop("model_type"), **fields)
         assert config.hidden_size == fields["hidden_size"], name
-        assert set(preset.methods) <= set(BASELINES) | set(ADAPTERS), name
 
 
 def test_cli_bench_parses_and_rejects_bad_input(capsys):
@@ -247,3 +253,47 @@ def test_cli_bench_runs_a_tiny_measurement(tmp_path, capsys):
     assert {r["method"] for r in data["rows"]} == {"lora", "hrm_fft"}
     assert data["scan_rows"] == [] and "--seq_lens [16]" in data["command"]
     assert data["clock"] == "cpu" and "cpu clock" in out
+
+
+@pytest.mark.parametrize("name", [n for n, p in PRESETS.items() if p.weights])
+def test_real_weights_preset_without_its_folder_is_skipped_in_one_line(name, tmp_path, capsys):
+    result = run_bench(name, PRESETS[name], weights=tmp_path, warmup=0, repeats=1)
+    assert result.rows == result.fit_rows == [] and len(result.notes) == 1
+    assert str(tmp_path / PRESETS[name].weights) in result.notes[0]
+    assert "make weights" in result.notes[0]
+    main(["bench", f"--preset={name}", f"--weights={tmp_path}", f"--out={tmp_path / 'out'}"])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "skipped" in line] == [f"note: {result.notes[0]}"]
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_weights_rows_and_fit_against_the_bare_step(real_weights):
+    """MiniLM from ``make weights``: the rows are the real model's, and ``ssmlora fit`` ran the
+    configured steps on the quickstart's text, then the bare loop replayed them."""
+    preset = replace(
+        PRESETS["minilm"],
+        cpu_seq_lens=(16,),
+        cpu_batch_size=4,
+        fit=FitSettings(batch_size=8, max_length=32, warmup=1, steps=3, log_every_n_steps=2),
+    )
+    result = run_bench(
+        "minilm", preset, methods=["lora", "ssmlora"], weights=real_weights, warmup=0,
+        repeats=1, fit_rounds=2,
+    )  # fmt: skip
+    by = {r["method"]: r for r in result.rows}
+    assert set(by) == {"lora", "ssmlora_attention_sparse", "ssmlora_full_model"}
+    # LoRA r=8 on query and value of MiniLM's 6 layers (hidden 384), and its 2-label head
+    assert by["lora"]["trainable_params"] == 6 * 2 * 8 * (384 + 384) + 384 * 2 + 2
+    assert by["ssmlora_full_model"]["train_vs_lora"] > 0
+    (fit,) = result.fit_rows
+    assert fit["rounds"] == 2 and len(fit["overhead_per_round"]) == 2
+    assert len(fit["fit_step_s"]["samples"]) == len(fit["bare_step_s"]["samples"]) == 2
+    assert fit["fit_step_s"]["median"] > 0 and fit["bare_step_s"]["median"] > 0
+    assert fit["overhead"] == pytest.approx(
+        statistics.median(1 + o for o in fit["overhead_per_round"]) - 1
+    )
+    assert 2 < fit["mean_padded_length"] <= 32
+    words = fit["example"].split()  # the quickstart's sentences, read by MiniLM's WordPiece
+    assert len(words) >= 2 and all(w.isalpha() or w in ".,!'" for w in words), fit["example"]
+    assert "ssmlora fit (lora, quickstart, batch 8" in format_table(result)

@@ -19,12 +19,16 @@ each round) after warm-up, and each figure is the median over repeats with its m
   sequential) next to a parameter-matched LoRA bypass (rank ``d``, the same width), so the
   scan's growth in ``L`` is visible without the attention's ``O(L²)``.
 
-Ratios to our LoRA are the headline numbers; :func:`fit_exponent` fits ``time ∝ L^p``.
+Ratios to our LoRA are the headline numbers; :func:`fit_exponent` fits ``time ∝ L^p``. The
+real-weights presets (``minilm``, ``smollm2-135m``) load the backbone from the folders ``make
+weights`` writes, and also time ``ssmlora fit`` end to end against the bare step (:mod:`.fit`).
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -33,7 +37,9 @@ from pathlib import Path
 import torch
 
 from ssmlora_app.adapters import ADAPTERS
+from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tools.bench.fit import measure_fit_overhead
 from ssmlora_app.tools.bench.measure import (
     CLOCKS,
     Timing,
@@ -52,7 +58,7 @@ from ssmlora_app.tools.bench.output import (
     plot,
     write_outputs,
 )
-from ssmlora_app.tools.bench.presets import BASELINE, PRESETS, BenchPreset
+from ssmlora_app.tools.bench.presets import BASELINE, PRESETS, BenchPreset, FitSettings
 from ssmlora_app.tools.bench.rows import BASELINES, Runner, build_runners, plan_rows
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "PRESETS",
     "BenchPreset",
     "BenchResult",
+    "FitSettings",
     "Runner",
     "Timing",
     "bench",
@@ -88,10 +95,16 @@ def run_bench(
     device: str = "cpu",
     sequential_max_len: int = 4096,
     clock: str = "wall",
+    weights: str | Path | None = None,
+    fit_rounds: int | None = None,
     command: str = "",
     progress: Callable[[str], object] | None = None,
 ) -> BenchResult:
-    """Measure ``preset`` (overrides as given); see the module docstring for what each number is."""
+    """Measure ``preset`` (overrides as given); see the module docstring for what each number is.
+
+    ``weights``: the folder of real weights (default :func:`default_weights`); ``fit_rounds``:
+    rounds of the ``ssmlora fit`` measurement of a preset with ``fit`` (default ``repeats``;
+    0 skips it)."""
     dev = torch.device(device)
     on_gpu = dev.type == "cuda"
     if clock not in CLOCKS or (on_gpu and clock != "wall"):
@@ -124,11 +137,24 @@ def run_bench(
             "registry of this checkout"
         )
         return result
+    path = Path(weights or default_weights()).expanduser() / (preset.weights or "")
+    if preset.weights and not real_weights_present(path):
+        result.notes.append(
+            f"preset {preset_name} skipped: no real weights in {path} (run `make weights`, or "
+            "give their folder with --weights)"
+        )
+        return result
+    backbone = (
+        BackboneConfig(name_or_path=str(path))
+        if preset.weights
+        else BackboneConfig(config=dict(preset.backbone))
+    )
+    shape = json.loads((path / "config.json").read_text()) if preset.weights else preset.backbone
     chosen = list(methods or preset.methods)
-    runners = build_runners(preset, chosen, dev, result.notes)
+    runners = build_runners(preset, backbone, chosen, dev, result.notes)
     if BASELINE not in runners:
         result.notes.append("no 'lora' row: ratios are left empty")
-    vocab = preset.backbone.get("vocab_size", 1000)
+    vocab = shape.get("vocab_size", 1000)
     for seq_len in lengths:
         if progress:
             progress(f"measuring {', '.join(runners)} at seq_len {seq_len} ...")
@@ -141,9 +167,16 @@ def run_bench(
         if progress:
             progress(f"measuring the scan alone at seq_len {list(scan_seq_lens)} ...")
         result.scan_rows = measure_scan(
-            scan_seq_lens, preset.backbone["hidden_size"], preset.scan_d_state, batch,
+            scan_seq_lens, shape["hidden_size"], preset.scan_d_state, batch,
             warmup, repeats, dev, sequential_max_len, tick,
         )  # fmt: skip
+    rounds = repeats if fit_rounds is None else fit_rounds
+    if preset.fit is not None and preset.weights and rounds > 0:
+        result.fit_rows.append(
+            measure_fit_overhead(
+                path, preset.fit, preset.lora_targets, rounds, dev, tick, progress=progress
+            )
+        )
     for name in dict.fromkeys(r["method"] for r in result.rows):
         rows = [r for r in result.rows if r["method"] == name]
         result.exponents[name] = fit_exponent(
@@ -155,6 +188,16 @@ def run_bench(
             [r["seq_len"] for r in rows], [r["fwd_bwd_s"]["median"] for r in rows]
         )
     return result
+
+
+def default_weights() -> str:
+    """``$SSMLORA_WEIGHTS``, else ``~/.cache/ssmlora/weights`` (where ``make weights`` writes)."""
+    return os.environ.get("SSMLORA_WEIGHTS", "~/.cache/ssmlora/weights")
+
+
+def real_weights_present(folder: Path) -> bool:
+    """A model folder with its config and safetensors weights."""
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 def bench(
@@ -169,14 +212,19 @@ def bench(
     sequential_max_len: int = 4096,
     threads: int | None = None,
     clock: str = "wall",
+    weights: str | None = None,
+    fit_rounds: int | None = None,
     out: str = "runs/bench",
 ) -> None:
     """Measure train-step time, inference time and peak memory of adapters side by side, on a
-    backbone built from a config (random weights, no hub); ratios to our LoRA are the headline.
+    backbone built from a config (random weights, no hub) or on real weights; ratios to our LoRA
+    are the headline.
 
     Args:
         preset: Backbone shape and settings: roberta-base, llama-tiny, llama-1b-shapes or
-            mamba-130m (skipped when the SDT adapter is absent).
+            mamba-130m (skipped when the SDT adapter is absent); minilm or smollm2-135m: the real
+            pretrained weights of ``make weights`` (skipped without them), with ``ssmlora fit``
+            timed end to end against the bare train step.
         methods: Baselines (frozen, full, peft_lora, lora_full_model: LoRA where SSMLoRA's
             full_model sits, and on the paper's baseline for it, lora_attention_sparse: LoRA
             where attention_sparse sits) and registered adapter methods
@@ -194,12 +242,18 @@ def bench(
             OpenMP threads that wait for a busy core make every op many times slower.
         clock: wall (elapsed time) or cpu (the process's CPU time, CPU only): on a shared CPU,
             cpu leaves out the time spent waiting for a core; use it with --threads 1.
+        weights: Folder of the real weights (``make weights``) for minilm and smollm2-135m
+            (default: $SSMLORA_WEIGHTS, else ~/.cache/ssmlora/weights).
+        fit_rounds: Rounds of the ``ssmlora fit`` against bare-step measurement of the
+            real-weights presets (default: repeats; 0: none).
         out: Folder for bench_<preset>.json and bench_<preset>.png.
     """
     if preset not in PRESETS:
         raise SsmloraError(f"Unknown bench preset {preset!r}; choose from {sorted(PRESETS)}.")
     if warmup < 0 or repeats < 1:
         raise SsmloraError(f"Need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}.")
+    if fit_rounds is not None and fit_rounds < 0:
+        raise SsmloraError(f"--fit_rounds must be >= 0, got {fit_rounds}.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SsmloraError("--device cuda asked for, but torch sees no CUDA device; use cpu.")
     if threads is not None:
@@ -218,6 +272,8 @@ def bench(
         device=device,
         sequential_max_len=sequential_max_len,
         clock=clock,
+        weights=weights,
+        fit_rounds=fit_rounds,
         command=command_line("ssmlora bench", locals()),
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )

@@ -30,6 +30,8 @@ class BenchResult:
     scan_rows: list[dict] = field(default_factory=list)
     """One per (component, seq_len): the HRM scan alone (chunked, FFT, sequential) and a
     parameter-matched LoRA bypass, fwd + bwd."""
+    fit_rows: list[dict] = field(default_factory=list)
+    """``ssmlora fit`` end to end against the bare step (real-weights presets, :mod:`.fit`)."""
     exponents: dict[str, float | None] = field(default_factory=dict)
     """Fitted ``time ∝ L^p`` of each method's train step and of each scan component."""
     notes: list[str] = field(default_factory=list)
@@ -81,6 +83,18 @@ def format_table(result: BenchResult) -> str:
                 f"{_fmt(r['fft_speedup'], '7.1f'):>7} "
                 f"{_fmt(r.get('chunked_speedup'), '8.1f'):>8}"
             )
+    for r in result.fit_rows:
+        fit, bare = Timing(**r["fit_step_s"]), Timing(**r["bare_step_s"])
+        lines.append(
+            f"ssmlora fit ({r['method']}, {r['task']}, batch {r['batch_size']} x "
+            f"{r['mean_padded_length']:.0f} tokens, {r['steps']} steps after {r['warmup']}, "
+            f"{r['rounds']} rounds): "
+            f"{fit.median:.4f} s/step ({r['fit_steps_per_s']:.2f} steps/s) against the bare "
+            f"step's {bare.median:.4f} s ({r['bare_steps_per_s']:.2f} steps/s): overhead "
+            f"{100 * r['overhead']:+.1f}% (rounds "
+            + ", ".join(f"{100 * o:+.1f}%" for o in r["overhead_per_round"])
+            + f"); set-up before the first step {Timing(**r['setup_s']).median:.1f} s"
+        )
     if result.exponents:
         fitted = ", ".join(f"{k} {_fmt(v, '.2f')}" for k, v in result.exponents.items())
         lines.append(f"fitted time ∝ L^p: {fitted}")

@@ -11,11 +11,29 @@ BASELINE = "lora"
 
 
 @dataclass(frozen=True)
-class BenchPreset:
-    """A backbone shape and the settings it is measured at."""
+class FitSettings:
+    """How ``ssmlora bench`` measures ``ssmlora fit`` against the bare step (:mod:`.fit`)."""
 
-    backbone: Mapping[str, object]
-    """Transformers config fields with ``model_type`` (random weights)."""
+    batch_size: int
+    """Training batch size (``data.batch_size``)."""
+    max_length: int
+    """Longest tokenised example (``data.max_length``)."""
+    task: str = "quickstart"
+    """The task (generated in code: no dataset download)."""
+    warmup: int = 3
+    """Steps before the timed window."""
+    steps: int = 20
+    """Timed steps per round (within the first epoch: no epoch end in the window)."""
+    log_every_n_steps: int = 10
+    """Logging interval inside the window (the quickstart's)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchPreset:
+    """A backbone shape (or real weights) and the settings it is measured at."""
+
+    backbone: Mapping[str, object] = field(default_factory=dict)
+    """Transformers config fields with ``model_type`` (random weights); empty with ``weights``."""
     seq_lens: tuple[int, ...]
     """Sequence lengths of the whole-model rows (GPU)."""
     batch_size: int
@@ -37,6 +55,11 @@ class BenchPreset:
     """Per registered method: its ``BenchSettings.options`` (e.g. ``{"hrm": {"d_state": 32}}``)."""
     requires_adapter: str | None = None
     """Skip the whole preset when this adapter is not in the registry."""
+    weights: str | None = None
+    """Real pretrained weights: a folder under ``ssmlora bench --weights`` (written by ``make
+    weights``) that the backbone loads from; the preset is skipped with one line without it."""
+    fit: FitSettings | None = None
+    """Also measure ``ssmlora fit`` end to end against the bare step (needs ``weights``)."""
 
 
 _ROBERTA_BASE = MappingProxyType(
@@ -131,6 +154,34 @@ PRESETS: MappingProxyType[str, BenchPreset] = MappingProxyType(
             scan_seq_lens=(512, 1024, 2048, 4096, 8192, 16384),
             scan_d_state=32,
             method_options={"hrm": {"d_state": 32}},
+        ),
+        "minilm": BenchPreset(
+            weights="all-MiniLM-L6-v2",  # a 6-layer BERT encoder, 22.7M parameters
+            seq_lens=(128, 512),
+            batch_size=32,
+            cpu_seq_lens=(64,),
+            cpu_batch_size=32,
+            lora_targets=("query", "value"),
+            methods=(*_ALL, "bitfit"),
+            fit=FitSettings(batch_size=32, max_length=64),
+        ),
+        "smollm2-135m": BenchPreset(
+            weights="SmolLM2-135M-Instruct",  # a 30-layer Llama decoder, 135M parameters
+            seq_lens=(512, 2048),
+            batch_size=8,
+            cpu_seq_lens=(64,),
+            cpu_batch_size=4,
+            lora_targets=("q_proj", "v_proj"),
+            methods=(
+                "frozen",
+                "lora",
+                "peft_lora",
+                "ssmlora",
+                "lora_full_model",
+                "lora_attention_sparse",
+                "hrm_fft",
+            ),
+            fit=FitSettings(batch_size=8, max_length=64),
         ),
         "mamba-130m": BenchPreset(
             backbone=_MAMBA_130M,

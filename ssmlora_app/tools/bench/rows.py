@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 
 import torch
@@ -21,6 +22,7 @@ from ssmlora_app.adapters.inject import default_head
 from ssmlora_app.adapters.ssmlora_presets import lora_baseline_modules, preset_modules
 from ssmlora_app.backbone import BackboneConfig, build_classifier
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.optim import build_optimizer
 from ssmlora_app.tools.bench.presets import BenchPreset
 
 
@@ -168,10 +170,14 @@ class Runner:
 
 
 def build_runners(
-    preset: BenchPreset, methods: Sequence[str], device: torch.device, notes: list[str]
+    preset: BenchPreset,
+    backbone: BackboneConfig,
+    methods: Sequence[str],
+    device: torch.device,
+    notes: list[str],
 ) -> dict[str, Runner]:
-    """One freshly built backbone per row (same seed), adapted, with AdamW on what trains."""
-    backbone = BackboneConfig(config=dict(preset.backbone))
+    """One freshly built backbone per row (same seed), adapted, with AdamW on what trains, built
+    as ``ssmlora fit`` builds it (:func:`~ssmlora_app.optim.build_optimizer`)."""
 
     def new_model() -> nn.Module:
         return build_classifier(backbone, 2, "single_label_classification")
@@ -183,8 +189,7 @@ def build_runners(
         except (Unavailable, SsmloraError, ImportError, ValueError, KeyError) as err:
             notes.append(f"{row}: skipped ({err})")
             continue
-        params = [p for p in model.parameters() if p.requires_grad]
-        runners[row] = Runner(
-            model, torch.optim.AdamW(params, lr=1e-4), sum(p.numel() for p in params)
-        )
+        optimizer = build_optimizer(partial(torch.optim.AdamW, lr=1e-4), model)  # as fit's
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        runners[row] = Runner(model, optimizer, trainable)
     return runners
