@@ -31,7 +31,7 @@ from ssmlora_app.adapters import (
 from ssmlora_app.backbone import BackboneConfig, build_causal_lm, build_classifier
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
-from ssmlora_app.tasks import CustomTask
+from ssmlora_app.tasks import AdditionTask
 from ssmlora_app.tokenization import id_space, load_tokenizer
 from ssmlora_app.tools.weights import MINILM, SMOLLM2, SMOLLM2_DENSE, SMOLLM2_GGUF
 
@@ -296,43 +296,21 @@ ADDITION_RECIPE = {"lora": 2e-3, "ssmlora_full_model": 2e-3, "ssmlora_attention_
 """Learning rates of the short SmolLM2 fits (30 steps of 8)."""
 
 
-def _addition_rows(rng, n):
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        rows.append({"prompt": f"What is {a} + {b}? Answer with the number only.",
-                     "completion": str(a + b)})  # fmt: skip
-    return rows
+ADDITION = AdditionTask(chat_template=True, sizes=(("train", 30 * 8), ("validation", 40),
+                                                  ("test", 40)))  # fmt: skip
+"""Two-digit addition through SmolLM2's chat template: 30 batches of 8 to train, 40 to score."""
 
 
-@pytest.fixture(scope="module")
-def addition(tmp_path_factory):
-    """Two-digit addition as prompt/completion JSONL files (30 batches of 8 to train, 40 to
-    validate)."""
-    import json
-    import random
-
-    folder = tmp_path_factory.mktemp("addition")
-    rng = random.Random(0)
-    for split, n in (("train", 30 * 8), ("validation", 40)):
-        rows = _addition_rows(rng, n)
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+def _addition_data(smollm2):
+    return TaskDataModule(task=ADDITION, objective="causal_lm", tokenizer=str(smollm2),
+                          max_length=64, batch_size=8)  # fmt: skip
 
 
-def _addition_data(folder, smollm2):
-    task = CustomTask(task_type="causal_lm", train_file="train.jsonl",
-                      validation_file="validation.jsonl", chat_template=True, lm_eval="generate",
-                      max_new_tokens=8)  # fmt: skip
-    return TaskDataModule(task=task, objective="causal_lm", data_dir=str(folder),
-                          tokenizer=str(smollm2), max_length=64, batch_size=8)  # fmt: skip
-
-
-def test_the_untrained_decoder_answers_the_addition_prompts_in_sentences(smollm2, addition):
+def test_the_untrained_decoder_answers_the_addition_prompts_in_sentences(smollm2):
     """Before training (every adapter starts at, or next to, the frozen model): exact match 0,
     since the instruct model writes sentences; what it trains on is the chat-formatted question
     followed by the answer and the end of the turn."""
-    data = _addition_data(addition, smollm2)
+    data = _addition_data(smollm2)
     data.setup("fit")
     row = data.splits["train"][0]
     text = data.tokenizer.decode(row["input_ids"])
@@ -348,9 +326,9 @@ def test_the_untrained_decoder_answers_the_addition_prompts_in_sentences(smollm2
 
 
 @pytest.mark.parametrize("name", list(DECODER_ADAPTERS))
-def test_a_short_fit_teaches_the_real_decoder_the_addition_format(smollm2, addition, name):
+def test_a_short_fit_teaches_the_real_decoder_the_addition_format(smollm2, name):
     """30 steps of 8 through SmolLM2's chat template, scored by greedy generation."""
-    data = _addition_data(addition, smollm2)
+    data = _addition_data(smollm2)
     module = AdapterModule(BackboneConfig(name_or_path=str(smollm2)), DECODER_ADAPTERS[name](),
                            optimizer=partial(torch.optim.AdamW, lr=ADDITION_RECIPE[name]),
                            task_info=data.task_info)  # fmt: skip

@@ -55,6 +55,23 @@ def test_adapter_files_are_variants_named_by_their_stem(tmp_path):
     assert adapter["init_args"]["target_modules"] == ["query", "key", "value"]
 
 
+def test_an_adapter_file_carries_its_recipe_and_the_sweep_overrides_win(tmp_path):
+    (tmp_path / "hrm_fast.yaml").write_text(
+        "class_path: ssmlora_app.adapters.HRMConfig\ninit_args: {d_state: 8}\n"
+        'overrides: ["--model.optimizer.init_args.lr=0.01"]\n'
+    )
+    (command,) = sweep_commands([QUICKSTART], [0], [str(tmp_path / "hrm_fast.yaml")], "out",
+                                ["--model.optimizer.init_args.lr=0.003"])  # fmt: skip
+    lrs = [a for a in command if a.startswith("--model.optimizer.init_args.lr=")]
+    assert lrs == ["--model.optimizer.init_args.lr=0.01", "--model.optimizer.init_args.lr=0.003"]
+    assert command[-1] == lrs[-1]  # the sweep's own overrides come last: they win
+    (tmp_path / "bad.yaml").write_text(
+        "class_path: ssmlora_app.adapters.HRMConfig\noverrides: [lr=0.01]\n"
+    )
+    with pytest.raises(SsmloraError, match="a list of --key=value"):
+        sweep_commands([QUICKSTART], [0], [str(tmp_path / "bad.yaml")], "out", [])
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
