@@ -17,7 +17,14 @@ from ssmlora_app.cli import main
 from ssmlora_app.tasks import get_task
 from tests.conftest import REPO
 
-CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+
+def _is_adapter_file(path: Path) -> bool:
+    """An adapter variant for ``ssmlora sweep --adapters`` (``class_path`` at its top), not a
+    config of its own (tests/test_sweep.py checks those)."""
+    return "class_path" in (yaml.safe_load(path.read_text()) or {})
+
+
+CONFIGS = [p for p in sorted((REPO / "configs").glob("**/*.yaml")) if not _is_adapter_file(p)]
 
 
 def fit(tmp_path: Path, *extra: str, version: str = "v") -> Path:
