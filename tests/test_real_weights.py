@@ -36,6 +36,7 @@ from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks import AdditionTask
 from ssmlora_app.tokenization import id_space, load_tokenizer
 from ssmlora_app.tools.weights import MINILM, SMOLLM2, SMOLLM2_DENSE, SMOLLM2_GGUF
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -344,3 +345,61 @@ def test_a_short_fit_teaches_the_real_decoder_the_addition_format(smollm2, name)
     trainer.fit(module, data)
     after = float(trainer.callback_metrics["val/exact_match"])
     assert after >= 0.25, (name, after)  # untrained: 0.00 (the test above)
+
+
+# ---- export on real weights: the run's logits, the right model class ---------------------------
+
+
+def _cli_fit(tmp_path, config: str, backbone, *extra: str):
+    from ssmlora_app.cli import main
+
+    main(["fit", "--config", config, f"--model.backbone.name_or_path={backbone}",
+          f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=r",
+          "--trainer.logger.init_args.version=v", "--trainer.enable_progress_bar=false",
+          "--trainer.enable_model_summary=false", *extra])  # fmt: skip
+    return tmp_path / "r" / "v"
+
+
+def _export(run, out):
+    from ssmlora_app.cli import main
+
+    main(["export", f"--run={run}", f"--out={out}"])
+    return out
+
+
+def test_export_of_a_real_encoder_run_reproduces_its_logits(minilm, shared_data, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ssmlora_app.tools.export import rebuild
+
+    run = _cli_fit(tmp_path, str(REPO / "configs/real/minilm_sst2.yaml"), minilm,
+                   f"--data.data_dir={shared_data / 'glue'}", "--data.max_train_samples=64",
+                   "--data.max_eval_samples=32", "--model.optimizer.init_args.lr=3e-3")  # fmt: skip
+    out = _export(run, tmp_path / "export")
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    assert type(merged).__name__ == "BertForSequenceClassification"
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = rebuild(run=str(run)).model(**batch).logits
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-4, rtol=1e-4)
+        assert (expected - _encoder(minilm)[0](**batch).logits).abs().max() > 1e-3  # it trained
+
+
+def test_export_of_a_real_decoder_run_is_a_causal_lm_with_its_head(smollm2, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ssmlora_app.tools.export import rebuild
+
+    run = _cli_fit(tmp_path, str(REPO / "configs/real/smollm2_addition.yaml"), smollm2,
+                   "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+                   "--data.max_eval_samples=2", "--model.optimizer.init_args.lr=1e-2")  # fmt: skip
+    out = _export(run, tmp_path / "export")
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    assert type(merged).__name__ == "LlamaForCausalLM" and tokenizer.chat_template
+    ids = tokenizer("What is 12 + 30? Answer with the number only.", return_tensors="pt")
+    with torch.no_grad():
+        expected = rebuild(run=str(run)).model(**ids).logits
+        torch.testing.assert_close(merged(**ids).logits, expected, atol=1e-4, rtol=1e-4)
+        assert (expected - _decoder(smollm2)[0](**ids).logits).abs().max() > 1e-4  # it trained
