@@ -6,7 +6,7 @@ that changes, side by side in one process: for each adapter, three models of one
 seed, same adapter), trained with AdamW ``foreach=False`` (torch's CPU default), ``foreach=True``
 (ours) and ``fused=True``; the train step (process CPU time, interleaved, paired per-round
 ratios with their quartiles), ``optimizer.step`` alone, and the peak memory of a train step.
-Used for ``docs/benchmarks.md``::
+Used for ``benchmarks/RESULTS.md``::
 
     python benchmarks/adamw_foreach.py --preset roberta-base --batch 2 --seq 128 --repeats 15
 """

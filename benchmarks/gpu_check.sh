@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check in one command (see benchmarks/gpu_check.py and docs/benchmarks.md):
+# The GPU check in one command (see benchmarks/gpu_check.py and benchmarks/RESULTS.md):
 #   bash benchmarks/gpu_check.sh OUT_DIR [--dry-run]
 # Installs the wheels carried in .whl/ (make gpu-wheels) when a package they hold is missing,
 # then runs every step offline; writes OUT_DIR/gpu_check.json, gpu_check.log, bench_*.json.

@@ -9,7 +9,7 @@ For each length, interleaved rounds (process CPU time, one thread) of forward + 
 * ``states_*``: the states kernels alone on ``b (B, L, d)`` (no projections), fwd + bwd,
 
 and prints medians with the median of paired per-round ratios to ``bypass`` (and to
-``chunked`` for the sequential reference). Used for ``docs/benchmarks.md``::
+``chunked`` for the sequential reference). Used for ``benchmarks/RESULTS.md``::
 
     python benchmarks/hrm_scan.py --D 2048 --d 32 --batch 1 --lengths 512,1024,2048,4096,8192,16384
 """

@@ -16,7 +16,7 @@ ratios with their quartiles), the bytes autograd saves for backward in one train
 (``saved_tensors_hooks``, each storage counted once), and torch.profiler's count of the op calls
 a train step makes beyond LoRA's (the state term's kernels, and AdamW's per-tensor ops on twice
 as many parameter tensors). Used for
-``docs/benchmarks.md``::
+``benchmarks/RESULTS.md``::
 
     python benchmarks/ssmlora_state.py --preset roberta-base --preset_name full_model \
         --batch 2 --seq 128 --repeats 21

@@ -34,8 +34,9 @@ def test_dry_run_writes_one_json_and_one_log(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run"],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        # a loaded CI machine must not fail on the GPU machine's time budget
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--dry-run", "--budget", "1200"],
+        env=env, capture_output=True, text=True, timeout=1500, check=False,
     )  # fmt: skip
     report = json.loads((out / "gpu_check.json").read_text())
     log = (out / "gpu_check.log").read_text()
@@ -45,7 +46,7 @@ def test_dry_run_writes_one_json_and_one_log(tmp_path):
     assert steps["env"]["status"] == "passed" and steps["env"]["cuda"] in (True, False)
     precision = steps["precision"]
     assert precision["status"] == "passed"
-    assert set(precision["methods"]) == set(gpu_check.METHODS)
+    assert set(precision["methods"]) == set(gpu_check.DRY_METHODS)
     for method, result in precision["methods"].items():
         assert result["steps"] == 8 and not result["over_tolerance"]
         held = gpu_check.CHECKED.get(method, tuple(precision["tolerance"]))
