@@ -22,6 +22,8 @@ from ssmlora_app.tasks.state_tracking import (  # isort: skip
 from ssmlora_app.tasks.byte_lm import ByteLMTask  # isort: skip
 from ssmlora_app.tasks.longctx import NarrativeQATask, QMSumTask, QualityTask  # isort: skip
 from ssmlora_app.tasks.custom import CustomTask  # isort: skip
+from ssmlora_app.tasks.squad import SquadTask  # isort: skip
+from ssmlora_app.tasks.race import RaceTask  # isort: skip
 
 __all__ = [
     "TASKS",
@@ -33,6 +35,8 @@ __all__ = [
     "ParityTask",
     "QMSumTask",
     "QualityTask",
+    "RaceTask",
+    "SquadTask",
     "SuperGlueTask",
     "Task",
     "TaskInfo",
