@@ -152,8 +152,8 @@ class ExtractiveQA(Objective):
         predicted (a question's windows must all be predicted by one process)."""
         if dataset is None:
             raise SsmloraError("Extractive QA predictions need the encoded split.")
-        examples, ids = dataset["example"], dataset["id"]
-        contexts, references = dataset["context"], dataset["answers"]
+        examples, ids = list(dataset["example"]), list(dataset["id"])
+        contexts, references = list(dataset["context"]), list(dataset["answers"])
         window_of = {examples[i]: i for i in order}  # question row -> one of its windows
         columns = list(zip(*values, strict=True)) if values else [[]] * 4
         options = self.options

@@ -172,7 +172,7 @@ class MultipleChoice(Objective):
         rows = sorted(zip(order, values, strict=True), key=lambda pair: pair[0])
         records = [{"index": i, "prediction": int(v)} for i, v in rows]
         if dataset is not None and "labels" in dataset.column_names:
-            gold = dataset["labels"]
+            gold = list(dataset["labels"])
             for record in records:
                 record["label"] = int(gold[record["index"]])
         return records
