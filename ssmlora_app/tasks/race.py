@@ -147,5 +147,11 @@ class RaceTask(Task):
                 rows += read_race_folder(folder, level)
         return datasets.Dataset.from_list(rows)
 
+    def builtin_tokenizer(self):
+        """UTF-8 bytes (offsets per character), for tiny models built from a config."""
+        from ssmlora_app.tasks.vocab import byte_tokenizer
+
+        return byte_tokenizer()
+
 
 register_task("race", RaceTask)

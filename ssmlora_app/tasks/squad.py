@@ -149,6 +149,12 @@ class SquadTask(Task):
             )
         return datasets.Dataset.from_list(rows, features=_FEATURES)
 
+    def builtin_tokenizer(self):
+        """UTF-8 bytes (offsets per character), for tiny models built from a config."""
+        from ssmlora_app.tasks.vocab import byte_tokenizer
+
+        return byte_tokenizer()
+
 
 _FEATURES = datasets.Features(
     {
