@@ -73,6 +73,7 @@ def _fit(tmp_path, name: str, *extra: str) -> dict:
     """A tiny SQuAD v2.0 fit without dropout in a subprocess (so DDP can start the others)."""
     metrics = tmp_path / f"{name}.json"
     args = ["fit", *_common(tmp_path / name), "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / name}",
             "--model.backbone.dropout=false",
             "--trainer.callbacks+=tests.metrics_dump.DumpMetrics", *extra]  # fmt: skip
     env = dict(os.environ, METRICS_JSON=str(metrics))
