@@ -24,9 +24,11 @@ from ssmlora_app.tasks.longctx import NarrativeQATask, QMSumTask, QualityTask  #
 from ssmlora_app.tasks.custom import CustomTask  # isort: skip
 from ssmlora_app.tasks.squad import SquadTask  # isort: skip
 from ssmlora_app.tasks.race import RaceTask  # isort: skip
+from ssmlora_app.tasks.arithmetic import AdditionTask  # isort: skip
 
 __all__ = [
     "TASKS",
+    "AdditionTask",
     "ByteLMTask",
     "CustomTask",
     "DFATask",
