@@ -280,14 +280,14 @@ def test_errors_before_any_work(tmp_path):
 
 @pytest.fixture(scope="module")
 def dev_slice(shared_data):
-    """The first 2500 questions of SQuAD v1.1 dev, windows of 128 tokens (stride 48) through a
+    """The first 1200 questions of SQuAD v1.1 dev, windows of 128 tokens (stride 48) through a
     word-level tokenizer (every word and punctuation mark one token, as BERT's basic tokenizer
     splits them), and the BERT ensemble's dev predictions (EM 86.2 / F1 92.2 on all of dev)."""
     import json
 
     from ssmlora_app.tasks import SquadTask
 
-    rows = SquadTask().load_qa_split("validation", str(shared_data / "squad")).select(range(2500))
+    rows = SquadTask().load_qa_split("validation", str(shared_data / "squad")).select(range(1200))
     tokenizer = wordpiece_tokenizer(list(rows["context"]) + list(rows["question"]))
     folder = shared_data / "squad" / "predictions-v1.1"
     predictions = json.loads((folder / "bert_ensemble_google.json").read_text())

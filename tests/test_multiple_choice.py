@@ -164,7 +164,7 @@ TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", ["lora", "ssmlora"])
+@pytest.mark.parametrize("adapter", ["ssmlora"])  # LoRA and HRM on the head: test_task_heads.py
 def test_a_tiny_race_fit_tests_on_the_test_split_and_predicts(race_root, tmp_path, adapter):
     adapters = {
         "lora": {"class_path": "ssmlora_app.adapters.LoRAConfig",
