@@ -36,7 +36,14 @@ def test_a_tiny_squad_v2_fit_logs_the_official_scores_of_the_files_predict_write
 
     monkeypatch.setenv("METRICS_JSON", str(tmp_path / "metrics.json"))
     common = _common(tmp_path)
-    main(["fit", *common, "--trainer.callbacks+=tests.metrics_dump.DumpMetrics"])
+    main(
+        [
+            "fit",
+            *common,
+            "--trainer.max_epochs=1",
+            "--trainer.callbacks+=tests.metrics_dump.DumpMetrics",
+        ]
+    )
     logged = json.loads((tmp_path / "metrics.json").read_text())
     run = tmp_path / "t" / "v"
     main(["predict", *common, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
