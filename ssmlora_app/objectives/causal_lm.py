@@ -29,7 +29,7 @@ from ssmlora_app.objectives.lm_data import (
     encode_lm_example,
     generation_prompt,
 )
-from ssmlora_app.tasks.base import GROUP_COLUMN, LM_COLUMNS, Task
+from ssmlora_app.tasks.base import GROUP_COLUMN, INDEX_COLUMN, LM_COLUMNS, Task
 from ssmlora_app.tasks.metrics import teacher_forced_stats
 
 
@@ -80,7 +80,7 @@ class CausalLM(Objective):
                 "ssmlora_app.tasks.base.LM_COLUMNS)."
             )
         fmt = LMFormat(self.info.max_length, self.info.truncation, self.answer_room())
-        keep = ("label", "references", GROUP_COLUMN)
+        keep = ("label", "references", GROUP_COLUMN, INDEX_COLUMN)
         return ds.map(
             partial(encode_lm_example, tokenizer=tokenizer, fmt=fmt),
             remove_columns=[c for c in ds.column_names if c not in keep],

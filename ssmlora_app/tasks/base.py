@@ -107,7 +107,8 @@ class Task:
     objectives: tuple[str, ...] = ("classification",)
     """The objective families the task supports (``data.objective``); the first is its default."""
     lm_eval: str = "choice"
-    """How the task is evaluated as a causal LM: ``choice``, ``generate`` or ``teacher_forced``."""
+    """How the task is evaluated as a causal LM: ``choice``, ``generate``, ``teacher_forced`` or
+    ``label_words`` (a generated class label word, GLUE)."""
     lm_metrics: tuple[str, ...] = ()
     """Metric names under ``causal_lm``."""
     max_new_tokens: int = 0

@@ -207,9 +207,10 @@ def teacher_forced_stats(
     return nll, correct, mask.sum(1)
 
 
-def _metric(
+def metric(
     name: str, num_labels: int, grouped: bool = False, options: dict | None = None
 ) -> Metric:
+    """A fresh metric called ``name`` (the arguments as :func:`build_metrics`'s)."""
     if name == "accuracy":
         # micro = the fraction of correct predictions (torchmetrics defaults to macro)
         return MulticlassAccuracy(num_classes=num_labels, average="micro")
@@ -253,5 +254,5 @@ def build_metrics(
     metrics (:mod:`ssmlora_app.tasks.benchmark_metrics`).
     """
     return MetricCollection(
-        {n: _metric(n, num_labels, grouped, options) for n in names}, prefix=f"{prefix}/"
+        {n: metric(n, num_labels, grouped, options) for n in names}, prefix=f"{prefix}/"
     )
