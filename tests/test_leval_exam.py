@@ -3,17 +3,14 @@ Coursera / TPO files, answered by generation (``leval_exam``) and scored as L-Ev
 letter sets with the 0.25 partial credit, GSM numbers, sci-fi judgements, topic names — and TPO's
 ``A. …`` options with the likelihood-scored ``quality`` task."""
 
-import json
-
 import pytest
-import torch
 
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.scoring.leval_answers import answer_score, judge_reference, math_answer
 from ssmlora_app.tasks import LEvalExamTask, QualityTask
 from ssmlora_app.tasks.metrics import build_metrics
-from tests.generation_data import coursera_documents, write_leval
+from tests.generation_data import write_leval
 
 
 @pytest.fixture(scope="module")
@@ -129,27 +126,3 @@ def test_answer_kinds_scored_as_leval():
     assert answer_score(" space tourism", "The future of space tourism", "text") == 0.0
     got = exam_metrics({"answer": "number"}, [" 18", "7", "The answer is 5"], ["18", "8", "5"])
     assert got == {"exam_score": pytest.approx(2 / 3), "exam_correct": pytest.approx(2 / 3)}
-
-
-@pytest.mark.slow
-def test_a_coursera_file_fits_validates_and_predicts(tmp_path):
-    from ssmlora_app.cli import main
-
-    root = write_leval(tmp_path / "data")
-    llama = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-             "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "max_position_embeddings": 64}  # fmt: skip
-    fields = ["--data.task=leval_exam", f"--data.data_dir={root}", "--data.max_length=256",
-              "--data.batch_size=4", f"--model.backbone.config={json.dumps(llama)}",
-              f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=t",
-              "--trainer.logger.init_args.version=v", "--trainer.enable_progress_bar=false",
-              "--trainer.enable_model_summary=false", "--data.num_beams=2",
-              "--model.adapter.class_path=ssmlora_app.adapters.LoRAConfig",
-              "--model.adapter.init_args.target_modules=[q_proj, v_proj]"]  # fmt: skip
-    main(["fit", *fields, "--trainer.max_steps=2"])
-    main(["predict", *fields, f"--ckpt_path={tmp_path / 't/v/checkpoints/last.ckpt'}",
-          f"--predictions.output_dir={tmp_path / 'p'}"])  # fmt: skip
-    records = [json.loads(x) for x in (tmp_path / "p" / "leval_exam_validation.jsonl").read_text().splitlines()]  # fmt: skip
-    docs = coursera_documents()
-    assert records and all(r["label"] in {o for d in docs for o in d["outputs"]} for r in records)
-    assert torch.tensor([isinstance(r["prediction"], str) for r in records]).all()

@@ -103,8 +103,9 @@ def setting(name: str, root) -> dict:
         return {"data_dir": str(root / "superglue")}
     if kind in ("QualityTask", "QMSumTask", "NarrativeQATask"):
         return {"data_dir": str(root / "leval"), "max_length": 96, "max_new_tokens": 4}
-    if kind == "LEvalExamTask":  # Coursera's layout: several right letters, A. options
-        return {"data_dir": str(root / "leval"), "max_length": 192, "max_new_tokens": 4}
+    if kind == "LEvalExamTask":  # Coursera's layout: several right letters, A. options; beams
+        return {"data_dir": str(root / "leval"), "max_length": 192, "max_new_tokens": 4,
+                "num_beams": 2}  # fmt: skip
     if kind == "DartTask":
         return {"task": {"class_path": "ssmlora_app.tasks.DartTask",
                          "init_args": {"meteor_synonyms": False}},
