@@ -24,6 +24,10 @@ from ssmlora_app.tasks.longctx import NarrativeQATask, QMSumTask, QualityTask  #
 from ssmlora_app.tasks.custom import CustomTask  # isort: skip
 from ssmlora_app.tasks.squad import SquadTask  # isort: skip
 from ssmlora_app.tasks.race import RaceTask  # isort: skip
+from ssmlora_app.tasks.dart import DartTask  # isort: skip
+from ssmlora_app.tasks.samsum import SamSumTask  # isort: skip
+from ssmlora_app.tasks.spider import SpiderTask  # isort: skip
+from ssmlora_app.tasks.leval_exam import LEvalExamTask  # isort: skip
 from ssmlora_app.tasks.arithmetic import AdditionTask  # isort: skip
 
 __all__ = [
@@ -32,12 +36,16 @@ __all__ = [
     "ByteLMTask",
     "CustomTask",
     "DFATask",
+    "DartTask",
     "GlueTask",
+    "LEvalExamTask",
     "NarrativeQATask",
     "ParityTask",
     "QMSumTask",
     "QualityTask",
     "RaceTask",
+    "SamSumTask",
+    "SpiderTask",
     "SquadTask",
     "SuperGlueTask",
     "Task",
