@@ -51,7 +51,13 @@ def write_adapter_folder(
     (file name -> JSON value, e.g. a reduction report) beside them; every file atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {PREFIX + k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # Adapters are stored in float32 whatever trainer.precision trained them in (64-true too).
+    weights = {
+        PREFIX + k: v.detach()
+        .to("cpu", torch.float32 if v.dtype == torch.float64 else v.dtype)
+        .contiguous()
+        for k, v in tensors.items()
+    }
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(weights, p))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
     for name, value in (extra_json or {}).items():

@@ -13,6 +13,7 @@ from functools import partial
 
 import datasets
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -80,11 +81,22 @@ class CausalLM(Objective):
             )
         fmt = LMFormat(self.info.max_length, self.info.truncation, self.answer_room())
         keep = ("label", "references", GROUP_COLUMN)
-        return ds.map(
+        ds = ds.map(
             partial(encode_lm_example, tokenizer=tokenizer, fmt=fmt),
             remove_columns=[c for c in ds.column_names if c not in keep],
             desc=f"Tokenising {desc}",
         )
+        lengths = ds["target_tokens"]
+        room = fmt.answer_room
+        cut = [n for n in lengths if room is not None and n > room]
+        if cut:  # said once per split, with the numbers
+            rank_zero_warn(
+                f"{desc}: {len(cut)} of {len(lengths)} targets are longer than "
+                f"data.max_new_tokens={room} (up to {max(cut)} tokens, end of text included): "
+                f"training sees their first {room} tokens, generation stops at {room}, and the "
+                "metrics compare with the whole reference. Raise data.max_new_tokens to cover them."
+            )
+        return ds.remove_columns("target_tokens")
 
     # Steps.
     def training_loss(self, model: nn.Module, batch: LMBatch) -> Tensor:
