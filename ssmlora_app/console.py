@@ -7,8 +7,9 @@ every subcommand print it as ``ssmlora: error: <option>: <reason> (see ssmlora f
 exit 2, like every other bad input.
 
 :func:`silence_library_noise` drops what is not the user's business (library deprecations,
-Lightning's cloud tips, the TPU line, a stepping-batches note); what helps (the seed, the GPU
-line, the fit's end, checkpoints restored) is kept.
+Lightning's cloud tips, the TPU line, a stepping-batches note, transformers' CUDA-kernel install
+hints on a CPU) and says transformers' load report of a fresh task head in one plain line; what
+helps (the seed, the GPU line, the fit's end, checkpoints restored) is kept.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import re
 import sys
 import warnings
 
+import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
+from transformers.utils import logging as hf_logging
 
 _DROPPED = (
     re.compile(r"Does not validate against any of the (Union )?(sub)?types"),
@@ -103,12 +106,60 @@ class _DropNoise(logging.Filter):
         return not any(noise in message for noise in _NOISE)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+HEAD_MODULES = ("classifier", "score")
+"""Top-level modules of a transformers model that are its task head (new for a new task)."""
+
+
+class _TransformersNoise(logging.Filter):
+    """transformers' messages: the kernel fallback hints (``install mamba_ssm``), which are about
+    CUDA kernels, dropped on a CPU and said once on a GPU; the LOAD REPORT table of a model whose
+    only missing weights are its fresh task head, said plainly in one line (any other report, a
+    weight that should have loaded, is kept as it is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernel_hint_said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _ANSI.sub("", record.getMessage())
+        if "falling back to its reference PyTorch implementation" in message:
+            if self.kernel_hint_said or not torch.cuda.is_available():
+                return False
+            self.kernel_hint_said = True
+            return True
+        if "LOAD REPORT" in message:
+            rows = re.findall(r"^(\S+)\s*\|\s*(\w+)\s*\|", message, re.MULTILINE)
+            keys = [key for key, status in rows if key != "Key" and status == "MISSING"]
+            if (
+                keys
+                and len(keys) == len(rows) - 1
+                and all(key.split(".")[0] in HEAD_MODULES for key in keys)
+            ):
+                model = re.search(r"(\w+) LOAD REPORT", message)
+                source = re.search(r"from: (.*)", message)
+                record.msg = (
+                    f"{model[1] if model else 'The model'}: every weight loaded from "
+                    f"{source[1].strip() if source else 'the checkpoint'} except the new task head "
+                    f"({', '.join(keys)}), initialised at random and trained by this run."
+                )
+                record.args = ()
+        return True
+
+
 def silence_library_noise() -> None:
     """Drop the libraries' messages that are not the user's business (process-wide, idempotent)."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())
+        for handler in logger.handlers:
+            if not any(isinstance(f, _DropNoise) for f in handler.filters):
+                handler.addFilter(_DropNoise())
+    hf_logger = hf_logging.get_logger()  # transformers' root logger, with its handler set up
+    for handler in hf_logger.handlers:
+        if not any(isinstance(f, _TransformersNoise) for f in handler.filters):
+            handler.addFilter(_TransformersNoise())
     for noise in _NOISE:
         warnings.filterwarnings("ignore", message=f".*{re.escape(noise)}.*")
     # Deprecations inside the libraries (e.g. Lightning's pytree helper), not in the user's code.
