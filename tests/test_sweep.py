@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
@@ -55,6 +56,23 @@ def test_adapter_files_are_variants_named_by_their_stem(tmp_path):
     assert adapter["init_args"]["target_modules"] == ["query", "key", "value"]
 
 
+def test_an_adapter_file_carries_its_recipe_and_the_sweep_overrides_win(tmp_path):
+    (tmp_path / "hrm_fast.yaml").write_text(
+        "class_path: ssmlora_app.adapters.HRMConfig\ninit_args: {d_state: 8}\n"
+        'overrides: ["--model.optimizer.init_args.lr=0.01"]\n'
+    )
+    (command,) = sweep_commands([QUICKSTART], [0], [str(tmp_path / "hrm_fast.yaml")], "out",
+                                ["--model.optimizer.init_args.lr=0.003"])  # fmt: skip
+    lrs = [a for a in command if a.startswith("--model.optimizer.init_args.lr=")]
+    assert lrs == ["--model.optimizer.init_args.lr=0.01", "--model.optimizer.init_args.lr=0.003"]
+    assert command[-1] == lrs[-1]  # the sweep's own overrides come last: they win
+    (tmp_path / "bad.yaml").write_text(
+        "class_path: ssmlora_app.adapters.HRMConfig\noverrides: [lr=0.01]\n"
+    )
+    with pytest.raises(SsmloraError, match="a list of --key=value"):
+        sweep_commands([QUICKSTART], [0], [str(tmp_path / "bad.yaml")], "out", [])
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -86,3 +104,16 @@ def test_a_tiny_sweep_then_report(tmp_path, monkeypatch):
     main(["report", "--runs", str(runs), "--out", str(tmp_path / "report"), "--plots", "false"])
     table = (tmp_path / "report" / "report.md").read_text()
     assert "±" in table and table.count("quickstart") >= 1
+
+
+ADAPTER_FILES = sorted(
+    p
+    for p in (REPO / "configs").glob("**/*.yaml")
+    if "class_path" in (yaml.safe_load(p.read_text()) or {})
+)
+
+
+@pytest.mark.parametrize("path", ADAPTER_FILES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_shipped_adapter_file_is_a_valid_variant(path):
+    (command,) = sweep_commands([QUICKSTART], [0], [str(path)], "out", [])
+    assert any(a.startswith("--model.adapter=") for a in command)

@@ -22,9 +22,11 @@ from ssmlora_app.tasks.state_tracking import (  # isort: skip
 from ssmlora_app.tasks.byte_lm import ByteLMTask  # isort: skip
 from ssmlora_app.tasks.longctx import NarrativeQATask, QMSumTask, QualityTask  # isort: skip
 from ssmlora_app.tasks.custom import CustomTask  # isort: skip
+from ssmlora_app.tasks.arithmetic import AdditionTask  # isort: skip
 
 __all__ = [
     "TASKS",
+    "AdditionTask",
     "ByteLMTask",
     "CustomTask",
     "DFATask",

@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks.base import Task
+from ssmlora_app.tasks.chat import render_chat
 from ssmlora_app.tasks.custom_io import LM_EVALS, TASK_TYPES, LoadedData, num_rows
 from ssmlora_app.tasks.custom_reader import CustomReader
 from ssmlora_app.tasks.registry import register_task
@@ -238,32 +239,14 @@ class CustomTask(CustomReader, Task):
         """Apply the tokenizer's chat template to the prompts (``chat_template``) and, for
         teacher-forced training, end each completion with the EOS token (``target_ids``) so the
         model learns to stop (generation appends EOS itself)."""
-        if self.chat_template and not getattr(tokenizer, "chat_template", None):
-            raise SsmloraError(
-                "data.task.chat_template is true but the tokenizer has no chat template; "
-                "use an instruct/chat model's tokenizer or set chat_template: false."
-            )
-        bos = tokenizer.bos_token or None
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-
-        def render(row: dict) -> dict:
-            prompt = row["prompt"]
-            if self.chat_template:
-                messages = [{"role": "user", "content": prompt}]
-                if self.system_prompt:
-                    messages.insert(0, {"role": "system", "content": self.system_prompt})
-                prompt = tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
-                )
-                if bos and prompt.startswith(bos):  # encode_lm_example adds the BOS token
-                    prompt = prompt[len(bos) :]
-            out = {"prompt": prompt}
-            if self.lm_eval == "teacher_forced":
-                ids = tokenizer(row["target"], add_special_tokens=False)["input_ids"]
-                out["target_ids"] = list(ids) + eos
-            return out
-
-        return ds.map(render, desc="Formatting prompts")
+        return render_chat(
+            ds,
+            tokenizer,
+            self.chat_template,
+            self.system_prompt,
+            teacher_forced=self.lm_eval == "teacher_forced",
+            where="data.task.chat_template",
+        )
 
 
 register_task("custom", CustomTask)

@@ -18,13 +18,16 @@ from ssmlora_app.run import RunFolder
 ADAPTER_FILE_SUFFIXES = (".yaml", ".yml")
 
 
-def adapter_override(spec: str) -> str:
-    """``--model.adapter=...`` for ``spec``: a registered adapter name (its default config) or an
-    adapter file (YAML ``{class_path: ..., init_args: {...}}``, one variant per file, e.g.
-    ``configs/grids/.../lora_qv.yaml``). Every field of the config is spelt out, defaults filled
-    in, so no field of the config file's adapter carries over to another adapter class."""
+def adapter_override(spec: str) -> list[str]:
+    """The arguments that put ``spec``'s adapter in a run: ``--model.adapter=...`` for a
+    registered adapter name (its default config) or an adapter file (YAML ``{class_path: ...,
+    init_args: {...}}``, one variant per file, e.g. ``configs/real/adapters/minilm/lora_qv.yaml``),
+    then the file's own ``overrides`` (the variant's recipe, e.g. its learning rate). Every field
+    of the config is spelt out, defaults filled in, so no field of the config file's adapter
+    carries over to another adapter class."""
+    overrides: list[str] = []
     if spec.endswith(ADAPTER_FILE_SUFFIXES):
-        cls, init_args = _adapter_file(Path(spec))
+        cls, init_args, overrides = _adapter_file(Path(spec))
     else:
         cls, init_args = get_method(spec).config_cls, {}
     try:
@@ -33,9 +36,8 @@ def adapter_override(spec: str) -> str:
         raise SsmloraError(f"sweep: adapter {spec}: {err}.") from None
     config.validate()
     class_path = f"{cls.__module__}.{cls.__qualname__}"
-    return "--model.adapter=" + json.dumps(
-        {"class_path": class_path, "init_args": dataclasses.asdict(config)}
-    )
+    adapter = {"class_path": class_path, "init_args": dataclasses.asdict(config)}
+    return ["--model.adapter=" + json.dumps(adapter), *overrides]
 
 
 def adapter_label(spec: str) -> str:
@@ -43,8 +45,8 @@ def adapter_label(spec: str) -> str:
     return Path(spec).stem if spec.endswith(ADAPTER_FILE_SUFFIXES) else spec
 
 
-def _adapter_file(path: Path) -> tuple[type, dict]:
-    """The config class and init_args of an adapter file."""
+def _adapter_file(path: Path) -> tuple[type, dict, list[str]]:
+    """The config class, init_args and overrides of an adapter file."""
     import importlib
 
     import yaml
@@ -59,6 +61,16 @@ def _adapter_file(path: Path) -> tuple[type, dict]:
         raise SsmloraError(
             f"sweep: {path} must hold an adapter section: {{class_path: ..., init_args: {{...}}}}."
         )
+    unknown = sorted(set(data) - {"class_path", "init_args", "overrides"})
+    overrides = data.get("overrides") or []
+    if unknown or not (
+        isinstance(overrides, list)
+        and all(isinstance(o, str) and o.startswith("--") for o in overrides)
+    ):
+        raise SsmloraError(
+            f"sweep: {path} may hold class_path, init_args and overrides (a list of --key=value "
+            f"arguments){f'; not {unknown}' if unknown else ''}."
+        )
     module, _, name = data["class_path"].rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
@@ -66,7 +78,7 @@ def _adapter_file(path: Path) -> tuple[type, dict]:
         raise SsmloraError(f"sweep: {path}: cannot import {data['class_path']!r}.") from None
     if not (isinstance(cls, type) and issubclass(cls, AdapterConfig)):
         raise SsmloraError(f"sweep: {path}: {data['class_path']} is not an adapter config class.")
-    return cls, dict(data.get("init_args") or {})
+    return cls, dict(data.get("init_args") or {}), list(overrides)
 
 
 def sweep_commands(
@@ -101,7 +113,7 @@ def sweep_commands(
                 command = ["fit", "--config", config, f"--seed_everything={seed}"]
                 command.append(f"--data.shuffle_seed={seed}")  # the seed varies the data order too
                 if adapter:
-                    command.append(overrides_of[adapter])
+                    command += overrides_of[adapter]
                 command += RunFolder.at(runs_dir, name, f"seed{seed}").logger_args()
                 commands.append([*command, *overrides])
     return commands
@@ -164,10 +176,12 @@ def sweep(
         adapters: Adapters replacing each config's own: registered names
             (``ssmlora_app.adapters.ADAPTERS``: lora, ssmlora, hrm, sdt, full, bitfit, ...) with
             their default config, or adapter YAML files (``{class_path, init_args}``, one variant
-            per file, named by the file's stem); null keeps the configs' own adapters.
+            per file, named by the file's stem, with optional ``overrides``: that variant's own
+            arguments, e.g. its learning rate); null keeps the configs' own adapters.
         runs: Runs folder; each run logs to ``RUNS/<config>[_<adapter>]/seed<seed>``. A rerun
             skips the runs that finished and resumes those that stopped from their last.ckpt.
-        overrides: Extra arguments for every run (e.g. ``["--trainer.max_epochs=3"]``).
+        overrides: Extra arguments for every run (e.g. ``["--trainer.max_epochs=3"]``); they
+            come last, so they win over an adapter file's own overrides.
         dry_run: Print the commands, one per line, instead of running them.
     """
     check_output_dir(runs, "--runs", overwrite=None)
