@@ -96,6 +96,7 @@ _NOISE = (
     "LightningCLI's args parameter is intended to run from within Python",
     "Trainer already configured with model summary callbacks",
     "exists and is not empty",  # a resume's checkpoint folder: it is meant to
+    "callbacks used to create the checkpoint need to be provided",  # evaluations need none
 )
 """Lightning messages that are not the user's business (logged or warned)."""
 
