@@ -278,6 +278,7 @@ def test_a_checkpoint_from_another_adapter_configuration_is_refused(tmp_path, ca
             tmp_path,
             *quick,
             "--model.adapter.init_args.r=4",
+            "--trainer.max_epochs=2",  # a resume that trains on (else: "already trained")
             f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
             version="r4",
         )

@@ -6,7 +6,9 @@ finished runs and resume stopped ones. (Report pooling and collapsed runs: test_
 SIGTERM's exit code: test_faults.py.)"""
 
 import dataclasses
+import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.outputs import check_output_dir
-from ssmlora_app.run import RunRecord, inspect_checkpoint
+from ssmlora_app.run import CheckpointInfo, RunRecord, inspect_checkpoint
 from ssmlora_app.run.checkpoint import differences
 from ssmlora_app.tasks.base import TaskInfo
 from ssmlora_app.tasks.metrics import ExactMatch, token_f1
@@ -109,6 +111,50 @@ def test_a_checkpoint_of_another_run_names_what_differs():
     assert "its backbone is" in "; ".join(differences(_record(), other))
     local = dataclasses.replace(_record(), backbone=BackboneConfig(name_or_path="/m/roberta-base/"))
     assert differences(_record(), local) == []  # a local copy of the same model fits
+
+
+def test_a_resume_that_would_train_no_step_is_refused(tmp_path):
+    info = CheckpointInfo(tmp_path / "last.ckpt", _record(), global_step=40, epochs_started=2)
+    preflight.check_resume_trains(info, Namespace(max_epochs=3, max_steps=-1))  # trains on
+    for limits in ({"max_epochs": 2, "max_steps": -1}, {"max_epochs": None, "max_steps": 40}):
+        error = _error(lambda lim=limits: preflight.check_resume_trains(info, Namespace(**lim)))
+        assert "already trained to the end (epoch 2, step 40" in error
+
+
+@pytest.mark.parametrize("value", ["best", "hpc", "registry", "last"])
+def test_special_ckpt_paths_need_the_file(value):
+    config = Namespace(ckpt_path=value, trainer=Namespace(logger=None))
+    error = _error(lambda: preflight.resolve_ckpt_path(config, "predict"))
+    assert (
+        f"--ckpt_path={value}" in error and "runs/<name>/version_N/checkpoints/last.ckpt" in error
+    )
+
+
+def test_a_bad_init_adapter_from_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    for path, message in [
+        ("file", "is a file"),
+        ("missing", "is no adapter folder"),
+        ("run/adapter", "is a folder without adapter_config.json"),
+        ("run", "(a run folder: give its adapter/)"),
+    ]:
+        model = Namespace(init_adapter_from=str(tmp_path / path))
+        assert message in _error(lambda m=model: preflight.check_init_adapter_from(m)), path
+
+
+def test_an_adapter_folder_of_another_head_or_class_order_is_refused(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"ssmlora": {"label_names": ["positive", "negative"]}})
+    )
+    model = SimpleNamespace(init_adapter_from=str(tmp_path), task_info=_record().task_info,
+                            head_loaded=False)  # fmt: skip
+    assert "its head does not fit task 'sst2' (2 outputs)" in _error(
+        lambda: preflight.check_adapter_head(model)
+    )
+    model.head_loaded = True
+    error = _error(lambda: preflight.check_adapter_head(model))
+    assert "was trained with the classes ['positive', 'negative']" in error
 
 
 # --- trainer limits, optimizer, outputs, evaluations -------------------------------------------------
@@ -210,6 +256,12 @@ def test_a_sweep_rerun_skips_finished_runs_and_resumes_stopped_ones(tmp_path):
     assert [a for a, _ in actions] == ["skip", "resume", "run"]
     assert actions[1][1][-1] == f"--ckpt_path={runs[1] / 'checkpoints' / 'last.ckpt'}"
     assert actions[2][1] == commands[2]
+    assert "two adapters share a run name" in _error(
+        lambda: sweep_commands([QUICKSTART], [0], ["lora", "x/lora.yaml"], str(tmp_path), [])
+    )
+    assert "give at least one seed" in _error(
+        lambda: sweep_commands([QUICKSTART], [], None, str(tmp_path), [])
+    )
 
 
 # --- through the command: one line, exit 2, nothing written --------------------------------------
@@ -242,6 +294,10 @@ FIT_INPUTS = [  # (max_epochs=0, an output path that is a file: their checks are
     (["fit", "--model.optimizer.init_args.lr=-1"], "Invalid learning rate: -1.0"),
     (["fit", "--ckpt_path=RANDOM"], "is not a checkpoint"),
     (["predict"], "predict needs a trained model"),
+    (
+        ["fit", "--trainer.max_epochs=abc"],
+        "trainer.max_epochs: expected int, (see ssmlora fit --help)",
+    ),
 ]
 
 
