@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from jsonargparse import Namespace
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
 from safetensors.torch import load_file
 
 from ssmlora_app import preflight
@@ -27,8 +29,10 @@ from ssmlora_app.run import CheckpointInfo, RunRecord, inspect_checkpoint
 from ssmlora_app.run.checkpoint import differences
 from ssmlora_app.tasks.base import TaskInfo
 from ssmlora_app.tasks.metrics import ExactMatch, token_f1
+from ssmlora_app.tasks.vocab import byte_tokenizer
 from ssmlora_app.tools.sweep import plan, sweep_commands
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_ROBERTA
+from tests.helpers import tiny_classifier
 
 QUICKSTART = str(REPO / "configs" / "quickstart_random.yaml")
 
@@ -348,3 +352,23 @@ def test_a_run_is_final_fitted_once_and_evaluated_inside(tmp_path, capsys):
     predictions = [p.name for p in run.iterdir() if p.name.startswith("predictions")]
     assert predictions == ["predictions"] and any((run / "predictions").iterdir())
     assert [p.name for p in (runs / "quickstart_random").iterdir()] == ["v"]
+
+
+def test_import_keeps_the_task_s_label_names_and_never_overwrites(tmp_path, capsys):
+    fields = {**TINY_ROBERTA, "vocab_size": 260}  # the byte tokenizer's 258 tokens
+    lora = PeftLoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"])
+    peft_model = get_peft_model(tiny_classifier(fields, num_labels=3), lora)
+    peft_model.save_pretrained(tmp_path / "peft")
+    byte_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    args = ["import", "--source", str(tmp_path / "peft"), "--out", str(tmp_path / "ours"),
+            "--backbone.config", json.dumps(fields), "--task", "mnli",
+            "--backbone.tokenizer", str(tmp_path / "tokenizer")]  # fmt: skip
+    main(args)
+    meta = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert meta["ssmlora"]["label_names"] == ["entailment", "neutral", "contradiction"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(args)  # the folder now holds the adapter
+    assert info.value.code == 2
+    assert "already holds adapter_config.json" in capsys.readouterr().err
+    main([*args, "--overwrite", "true"])
