@@ -74,8 +74,12 @@ def test_a_rerun_and_a_resumed_run_count_once(tmp_path):
 
 
 def test_an_evaluation_only_folder_is_not_a_run(tmp_path):
-    assert read_run(RunFolder(make_run(tmp_path / "validate", trained=False))) is None
+    validate = make_run(tmp_path / "validate", trained=False, baseline=None, finished=False)
+    assert read_run(RunFolder(validate)) is None
     assert read_run(RunFolder(make_run(tmp_path / "fit"))) is not None
+    # A fit shorter than log_every_n_steps logs no train/ scalar: its adapter makes it a run.
+    short = make_run(tmp_path / "short", trained=False, baseline=None, finished=True)
+    assert read_run(RunFolder(short)) is not None
 
 
 def test_a_collapsed_run_is_marked_with_a_footnote(tmp_path):

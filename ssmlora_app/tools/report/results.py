@@ -117,7 +117,7 @@ def read_run(folder: RunFolder) -> RunResult | None:
     tag = f"{info.eval_splits[0].replace('validation', 'val')}/{metric}"
     scalars = folder.scalars()
     curve = scalars.get(tag)
-    if not curve or not any(t.startswith("train/") for t in scalars):
+    if not curve or not _trained(folder, scalars):
         return None
     pick = min if metric in LOWER_IS_BETTER else max
     best_step, best = pick(curve, key=lambda point: point[1])
@@ -141,6 +141,17 @@ def read_run(folder: RunFolder) -> RunResult | None:
         baseline=next(
             (v for _, v in scalars.get(tag.rsplit("/", 1)[0] + f"/{BASELINE}", [])), None
         ),
+    )
+
+
+def _trained(folder: RunFolder, scalars: dict) -> bool:
+    """Whether a folder is a fit's (an evaluation's logs are not a run): it logged training
+    scalars or the fit's majority baseline, or wrote a checkpoint or an adapter (a fit shorter than
+    ``log_every_n_steps`` logs no ``train/`` scalar)."""
+    return (
+        any(t.startswith("train/") or t.endswith(f"/{BASELINE}") for t in scalars)
+        or bool(folder.checkpoint_files())
+        or folder.has_adapter()
     )
 
 
