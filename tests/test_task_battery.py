@@ -13,6 +13,7 @@ from ssmlora_app.cli import build_cli, main
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.tasks import TASKS, CustomTask, DFATask, Task, get_task
 from ssmlora_app.tasks.vocab import byte_tokenizer
+from tests.generation_data import write_dart, write_leval, write_samsum, write_spider
 from tests.test_data import write_glue
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
@@ -71,6 +72,10 @@ def data_root(tmp_path_factory):
     _leval(root / "leval" / "closed-ended" / "quality.jsonl", "quality")
     _leval(root / "leval" / "open-ended" / "meeting_summ.jsonl", "qmsum")
     _leval(root / "leval" / "open-ended" / "narrative_qa.jsonl", "narrativeqa")
+    write_leval(root / "leval")
+    write_dart(root / "dart")
+    write_samsum(root / "samsum")
+    write_spider(root / "spider")
     with open(root / "A5=10.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["seed", "input", "target"])
@@ -98,6 +103,17 @@ def setting(name: str, root) -> dict:
         return {"data_dir": str(root / "superglue")}
     if kind in ("QualityTask", "QMSumTask", "NarrativeQATask"):
         return {"data_dir": str(root / "leval"), "max_length": 96, "max_new_tokens": 4}
+    if kind == "LEvalExamTask":  # Coursera's layout: several right letters, A. options; beams
+        return {"data_dir": str(root / "leval"), "max_length": 192, "max_new_tokens": 4,
+                "num_beams": 2}  # fmt: skip
+    if kind == "DartTask":
+        return {"task": {"class_path": "ssmlora_app.tasks.DartTask",
+                         "init_args": {"meteor_synonyms": False}},
+                "data_dir": str(root / "dart"), "max_length": 160, "max_new_tokens": 8}  # fmt: skip
+    if kind == "SamSumTask":
+        return {"data_dir": str(root / "samsum"), "max_length": 160, "max_new_tokens": 8}
+    if kind == "SpiderTask":
+        return {"data_dir": str(root / "spider"), "max_length": 512, "max_new_tokens": 8}
     if kind == "WordProblemCSVTask":
         return {"data_dir": str(root)}
     if kind == "ByteLMTask":
@@ -249,7 +265,12 @@ def test_every_task_is_a_task_with_its_capabilities_declared():
         assert isinstance(task, Task), name
         assert task.objectives and set(task.objectives) <= {"classification", "causal_lm"}, name
         if "causal_lm" in task.objectives:
-            assert task.lm_metrics and task.lm_eval in ("choice", "generate", "teacher_forced")
+            assert task.lm_metrics and task.lm_eval in (
+                "choice",
+                "generate",
+                "teacher_forced",
+                "label_words",
+            )
     assert get_task("sst2").submission and not get_task("boolq").submission
     assert get_task("dfa").test_split and not get_task("sst2").test_split
     assert get_task("multirc").grouped and not get_task("boolq").grouped

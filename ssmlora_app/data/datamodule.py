@@ -3,6 +3,7 @@ through the task's objective (one path for every objective)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Literal
 
@@ -24,6 +25,11 @@ TEXT_COLUMNS = ("text_a", "text_b", "document", "prompt", "target")
 
 TOKENIZER_SAMPLE = 32
 """Training examples whose text :func:`check_tokenizer` reads."""
+
+
+def _plain(options: dict | None) -> dict | None:
+    """``options`` as JSON values (tuples become lists), as checkpoints and YAML files keep them."""
+    return None if options is None else json.loads(json.dumps(options))
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -54,6 +60,8 @@ class TaskDataModule(L.LightningDataModule):
         objective: str | None = None,
         truncation: Literal["middle", "tail", "head"] = "middle",
         max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        min_new_tokens: int = 0,
         predict_splits: Literal["eval", "test"] = "eval",
         task_args: dict | None = None,
     ):
@@ -90,6 +98,11 @@ class TaskDataModule(L.LightningDataModule):
                 evaluation (and room kept for the training target) and under ``teacher_forced``
                 by ``ssmlora predict`` (within ``max_length``; 0: as many as the reference
                 has); null: the task's default.
+            num_beams: Causal LM: beams of the generated answers (1: greedy; the PEFT-of-SSMs
+                benchmark decodes DART, SAMSum and Spider with 5), KV cache, each beam with its
+                own adapter state; the best beam (length-normalised log-likelihood) is the answer.
+            min_new_tokens: Causal LM: tokens generated before EOS may end an answer (HF
+                ``min_new_tokens``: the answer alone, not the prompt).
             predict_splits: What ``ssmlora predict`` runs on: ``eval``, the evaluation (dev)
                 splits; or ``test``, the test splits: GLUE's unlabelled ones (``test.tsv``; MNLI
                 ``test_matched.tsv``, ``test_mismatched.tsv`` and the diagnostic AX when found),
@@ -120,6 +133,13 @@ class TaskDataModule(L.LightningDataModule):
                 "eval to predict the evaluation splits."
             )
         objective_cls = resolve_objective(objective, self.task)
+        if num_beams < 1 or min_new_tokens < 0:
+            raise SsmloraError("data.num_beams must be at least 1 and data.min_new_tokens >= 0.")
+        if (num_beams, min_new_tokens) != (1, 0) and not objective_cls.generates:
+            raise SsmloraError(
+                f"data.num_beams / data.min_new_tokens set decoding, but the {objective_cls.name} "
+                f"objective of task {self.task.name!r} generates no text; leave them at 1 / 0."
+            )
         # A tokenizer from outside the task is checked against a sample of the training text
         # (see check_tokenizer) when that split is prepared; the task's own ones need no check.
         self._check_tokenizer = tokenizer is not None
@@ -141,6 +161,9 @@ class TaskDataModule(L.LightningDataModule):
             max_length=max_length,
             truncation=truncation,
             grouped=self.task.grouped,
+            num_beams=num_beams,
+            min_new_tokens=min_new_tokens,
+            metric_options=_plain(self.task.metric_options(data_dir)),
         )
         self.objective: Objective = objective_cls(self.task_info)
         self.objective.attach(self.tokenizer)

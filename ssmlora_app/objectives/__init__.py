@@ -13,11 +13,13 @@ from ssmlora_app.objectives.base import (
 # The built-in objectives: one import each registers them.
 from ssmlora_app.objectives.classification import Classification  # isort: skip
 from ssmlora_app.objectives.causal_lm import LMChoice, LMGenerate, LMTeacherForced  # isort: skip
+from ssmlora_app.objectives.label_words import LMLabelWords  # isort: skip
 
 __all__ = [
     "Classification",
     "LMChoice",
     "LMGenerate",
+    "LMLabelWords",
     "LMTeacherForced",
     "Objective",
     "objective_for",

@@ -51,6 +51,8 @@ class Objective(ABC):
     evaluation: ClassVar[str | None] = None
     """Within a family, the task's evaluation mode this objective serves (``Task.lm_eval``);
     None: the family's only objective."""
+    generates: ClassVar[bool] = False
+    """It writes answers with ``generate`` (so ``data.num_beams`` / ``min_new_tokens`` apply)."""
 
     def __init__(self, info: TaskInfo):
         self.info = info
@@ -130,7 +132,9 @@ class Objective(ABC):
     def metrics(self, prefix: str) -> MetricCollection:
         """A fresh metric collection, logged as ``{prefix}/{name}``."""
         info = self.info
-        return build_metrics(info.metrics, info.num_labels, prefix, info.grouped)
+        return build_metrics(
+            info.metrics, info.num_labels, prefix, info.grouped, info.metric_options
+        )
 
     @abstractmethod
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:

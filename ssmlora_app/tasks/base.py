@@ -51,6 +51,13 @@ class TaskInfo:
     """The examples come in groups scored together (MultiRC: the answer options of one question):
     evaluation batches carry their ids under :data:`GROUP_COLUMN`, and ``exact_match`` is the
     fraction of groups whose examples are all right (see :mod:`ssmlora_app.tasks.metrics`)."""
+    num_beams: int = 1
+    """Beams of the generating objectives' decoding (``data.num_beams``; 1: greedy)."""
+    min_new_tokens: int = 0
+    """Tokens generated before EOS may end an answer (``data.min_new_tokens``)."""
+    metric_options: dict | None = None
+    """What the task's metrics need beyond their names (:meth:`Task.metric_options`: Spider's
+    databases, GLUE's label words, ...); plain values. None: nothing."""
 
     def to_record(self) -> dict:
         """Plain values (lists for tuples) for hyperparameter files and checkpoints."""
@@ -100,7 +107,8 @@ class Task:
     objectives: tuple[str, ...] = ("classification",)
     """The objective families the task supports (``data.objective``); the first is its default."""
     lm_eval: str = "choice"
-    """How the task is evaluated as a causal LM: ``choice``, ``generate`` or ``teacher_forced``."""
+    """How the task is evaluated as a causal LM: ``choice``, ``generate``, ``teacher_forced`` or
+    ``label_words`` (a generated class label word, GLUE)."""
     lm_metrics: tuple[str, ...] = ()
     """Metric names under ``causal_lm``."""
     max_new_tokens: int = 0
@@ -135,6 +143,11 @@ class Task:
 
     def builtin_tokenizer(self) -> PreTrainedTokenizerBase | None:
         """A tokenizer the task brings itself (synthetic tasks), or None."""
+        return None
+
+    def metric_options(self, data_dir: str | None) -> dict | None:
+        """Plain values the task's metrics need (:attr:`TaskInfo.metric_options`), e.g. Spider's
+        database folder; called once the data module checked ``data_dir``. Default none."""
         return None
 
     def submission_splits(self, data_dir: str | None) -> tuple[str, ...] | None:
