@@ -20,8 +20,9 @@ from ssmlora_app.tasks import Task, TaskInfo, get_task
 from ssmlora_app.tasks.base import GROUP_COLUMN, INDEX_COLUMN
 from ssmlora_app.tokenization import check_tokenizer, id_space, load_tokenizer
 
-TEXT_COLUMNS = ("text_a", "text_b", "document", "prompt", "target")
-"""Text columns of a classification (``text_a``/``text_b``) or causal-LM split."""
+TEXT_COLUMNS = ("text_a", "text_b", "document", "prompt", "target", "question", "context")
+"""Text columns of a classification (``text_a``/``text_b``), causal-LM, extractive-QA or
+multiple-choice (``question``/``context``) split."""
 
 TOKENIZER_SAMPLE = 32
 """Training examples whose text :func:`check_tokenizer` reads."""
@@ -69,7 +70,7 @@ class TaskDataModule(L.LightningDataModule):
         Args:
             task: The task: a built-in name for its defaults (GLUE: cola, sst2, mrpc, qqp, stsb,
                 mnli, qnli, rte, wnli; SuperGLUE: boolq, cb, copa, multirc, superglue_rte, wic,
-                wsc; long-context: quality, qmsum, narrativeqa; state tracking: dfa, parity,
+                wsc; extractive QA: squad, squad_v2; multiple choice: race; long-context: quality, qmsum, narrativeqa; state tracking: dfa, parity,
                 word_problem, word_problem_csv; byte_lm; quickstart; custom), or a task class
                 with its fields, e.g. ``{class_path: ssmlora_app.tasks.DFATask, init_args:
                 {n_states: 8}}`` (on the command line ``--data.task=DFATask
@@ -88,8 +89,9 @@ class TaskDataModule(L.LightningDataModule):
             max_eval_samples: Use a random subset of this many examples of each evaluation split.
             sample_seed: Seed of those subsets.
             shuffle_seed: Seed of the training order (a permutation per epoch).
-            objective: ``classification`` or ``causal_lm``; null: the task's default. Causal LM
-                learns the target tokens after the prompt (see
+            objective: ``classification``, ``causal_lm``, ``extractive_qa`` (SQuAD) or
+                ``multiple_choice`` (RACE, COPA on an encoder); null: the task's default.
+                Causal LM learns the target tokens after the prompt (see
                 :mod:`ssmlora_app.objectives.lm_data`).
             truncation: Causal LM: how a too-long document is shortened, the same for every
                 method: ``middle`` (keep its beginning and end), ``tail`` (keep its end) or
@@ -161,6 +163,7 @@ class TaskDataModule(L.LightningDataModule):
             max_length=max_length,
             truncation=truncation,
             grouped=self.task.grouped,
+            eval_options=self.task.eval_options(),
             num_beams=num_beams,
             min_new_tokens=min_new_tokens,
             metric_options=_plain(self.task.metric_options(data_dir)),

@@ -156,6 +156,11 @@ class Objective(ABC):
         example in dataset order; ``values`` are the predictions in ``order`` (dataset indices),
         ``dataset`` the split as encoded (None: no gold labels)."""
 
+    def prediction_files(self, records: list[dict]) -> dict[str, object]:
+        """Files ``ssmlora predict`` writes beside the records of a split, in an official
+        evaluator's format: name suffix (``predictions.json``) -> JSON value; none by default."""
+        return {}
+
 
 _OBJECTIVES: dict[str, type[Objective]] = {}
 

@@ -51,6 +51,9 @@ class TaskInfo:
     """The examples come in groups scored together (MultiRC: the answer options of one question):
     evaluation batches carry their ids under :data:`GROUP_COLUMN`, and ``exact_match`` is the
     fraction of groups whose examples are all right (see :mod:`ssmlora_app.tasks.metrics`)."""
+    eval_options: dict | None = None
+    """Options the objective's evaluation reads (plain values; extractive QA: the span
+    post-processing, see :meth:`Task.eval_options`); None when it reads none."""
     num_beams: int = 1
     """Beams of the generating objectives' decoding (``data.num_beams``; 1: greedy)."""
     min_new_tokens: int = 0
@@ -121,10 +124,18 @@ class Task:
     """Class names in class-id order, when the task has them."""
     submission: bool = False
     """The task has unlabelled test splits for a benchmark submission (:meth:`submission_splits`)."""
+    choice_levels: tuple[str, ...] = ()
+    """Multiple choice: the levels the accuracy is also reported for (RACE: middle, high), each
+    as the metric ``accuracy_<level>``; empty for none."""
 
     @property
     def is_regression(self) -> bool:
         return False
+
+    def eval_options(self) -> dict | None:
+        """Options of the task that its objective's evaluation reads, saved in
+        :attr:`TaskInfo.eval_options` (plain JSON values); None for most tasks."""
+        return None
 
     def check_data_dir(self, data_dir: str | None) -> None:
         """Raise :class:`SsmloraError` now if ``data_dir`` lacks the task's files."""
@@ -134,6 +145,18 @@ class Task:
 
     def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
         raise SsmloraError(f"{self.name} has no causal-LM form: use data.objective classification.")
+
+    def load_qa_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        """Extractive QA rows (``extractive_qa``): ``id`` (str), ``question`` (str), ``context``
+        (str), ``answers`` (list[str], empty for an unanswerable question) and
+        ``answer_starts`` (list[int], each answer's character offset in the context)."""
+        raise SsmloraError(f"{self.name} is not an extractive QA task.")
+
+    def load_choice_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        """Multiple-choice rows (``multiple_choice``): ``context`` (str), ``question`` (str),
+        ``choices`` (list[str], as many for every row), ``label`` (int, the gold option) and,
+        for a task scored per level (:attr:`choice_levels`), ``level`` (str)."""
+        raise SsmloraError(f"{self.name} has no multiple-choice form.")
 
     def render_lm(
         self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
