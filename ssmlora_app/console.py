@@ -97,6 +97,7 @@ _NOISE = (
     "Trainer already configured with model summary callbacks",
     "exists and is not empty",  # a resume's checkpoint folder: it is meant to
     "callbacks used to create the checkpoint need to be provided",  # evaluations need none
+    "The dirpath has changed from",  # an evaluation logs into <run>/<stage>; it saves nothing
 )
 """Lightning messages that are not the user's business (logged or warned)."""
 
