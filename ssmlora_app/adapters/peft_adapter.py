@@ -149,7 +149,7 @@ def _is_causal_lm(model: nn.Module) -> bool:
 def _takes_past_key_values(model: PreTrainedModel) -> bool:
     """What ``peft``'s prefix tuning needs of a classifier: its forward (or its backbone's)
     takes a KV cache."""
-    names = ("past_key_values", "cache")
+    names = ("past_key_values",)  # what peft looks for
     forwards = [model.forward, getattr(model.base_model, "forward", model.forward)]
     return any(n in inspect.signature(f).parameters for f in forwards for n in names)
 
