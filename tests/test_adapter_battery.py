@@ -52,6 +52,7 @@ APPLIES = {
     "sdt": {"mamba"},
     "ia3": {"roberta"},
     "peft": {"roberta"},  # peft's methods on transformers models, not the Mamba classifier
+    "qlora": set(),  # 4-bit weights need a GPU (tests/test_qlora.py runs it where there is one)
 }
 """Where the known methods must apply; a method added later must apply to one backbone at least."""
 

@@ -37,6 +37,7 @@ from ssmlora_app.adapters.sdt import SDTConfig  # isort: skip
 from ssmlora_app.adapters.full import FullFinetuneConfig  # isort: skip
 from ssmlora_app.adapters.bitfit import BitFitConfig  # isort: skip
 from ssmlora_app.adapters.peft_adapter import PeftConfig  # isort: skip
+from ssmlora_app.adapters.qlora import QLoRAConfig  # isort: skip
 
 __all__ = [
     "ADAPTERS",
@@ -54,6 +55,7 @@ __all__ = [
     "LoRAConfig",
     "LoRALinear",
     "PeftConfig",
+    "QLoRAConfig",
     "SDTConfig",
     "SSMLoRAConfig",
     "SSMLoRALinear",
