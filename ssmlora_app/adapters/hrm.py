@@ -76,6 +76,15 @@ class HRMConfig(AdapterConfig):
     dt_max: float = 1e-1
     """Upper end of the log-uniform initial step ``Δ``."""
 
+    dt_clamp: bool = False
+    """Clamp ``Δ`` to ``[dt_min, dt_max]`` in every forward, as the HRM reference code does (for
+    runs that must match it). Off by default: a hard clamp zeroes Δ's gradient outside the range,
+    so a step that leaves it can never come back."""
+
+    freeze_gate: bool = False
+    """Keep the gate ``g`` at ``gate_init`` (the HRM reference's frozen-gate ablation): the SSM
+    trains, its output scale does not. With ``gate_init: 0`` the adapter then has no effect."""
+
     scan: str = "fft"
     """``fft`` (exact FFT convolution, fast) or ``sequential`` (the reference recurrence)."""
 
@@ -102,6 +111,10 @@ class HRMConfig(AdapterConfig):
             )
         if self.train not in ("all", "gate"):
             raise SsmloraError(f"HRM train must be 'all' or 'gate', got {self.train!r}.")
+        if self.freeze_gate and self.train == "gate":
+            raise SsmloraError(
+                "HRM freeze_gate with train: gate would train nothing; choose one of them."
+            )
         if self.scan not in SCAN_METHODS:
             raise SsmloraError(f"HRM scan must be one of {SCAN_METHODS}, got {self.scan!r}.")
         if self.modal and not self.state_sizes:
@@ -173,12 +186,15 @@ def inject_hrm(model: nn.Module, config: HRMConfig, skip: Sequence[str]) -> list
             size = (config.state_sizes or {}).get(name, config.d_state)
             layer = HRMLayer(
                 base, d_model, size, gate_init=config.gate_init, dt_min=config.dt_min,
-                dt_max=config.dt_max, scan=config.scan, post_ln=post_ln, device=device,
+                dt_max=config.dt_max, dt_clamp=config.dt_clamp, scan=config.scan,
+                post_ln=post_ln, device=device,
             )  # fmt: skip
         if config.train == "gate":  # e.g. fine-tune a reduced adapter's gates only
             for param_name, param in layer.named_parameters():
                 if not param_name.startswith("base_layer.") and param_name != "gate":
                     param.requires_grad_(False)
+        if config.freeze_gate:  # the frozen-gate ablation: g stays at gate_init
+            layer.gate.requires_grad_(False)
         replace_module(model, name, layer)
     return names
 

@@ -12,6 +12,7 @@ modal form written by ``ssmlora reduce``. Both run through :func:`ssmlora_app.ss
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +29,21 @@ def inverse_softplus(x: Tensor) -> Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
-def discretize(log_A: Tensor, log_dt: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+def discretize(
+    log_A: Tensor, log_dt: Tensor, B: Tensor, dt_range: tuple[float, float] | None = None
+) -> tuple[Tensor, Tensor]:
     """Zero-order hold of the adapter's continuous diagonal system (the HRM paper's discretisation).
 
     ``log_A, log_dt (d,)``, ``B (d, D)`` -> ``Ā = exp(Δ ⊙ a) (d,)`` and
-    ``B̄ = ((Ā − 1)/a)[:, None] ⊙ B (d, D)``, with ``a = −exp(log_A)``, ``Δ = softplus(log_dt)``.
+    ``B̄ = ((Ā − 1)/a)[:, None] ⊙ B (d, D)``, with ``a = −exp(log_A)``, ``Δ = softplus(log_dt)``,
+    clamped to ``dt_range = (dt_min, dt_max)`` when given (the HRM reference code's clamp; its
+    gradient is zero outside the range).
     """
     a = -torch.exp(log_A)  # (d,)
-    A_bar = torch.exp(F.softplus(log_dt) * a)  # (d,) in (0, 1)
+    dt = F.softplus(log_dt)  # (d,)
+    if dt_range is not None:
+        dt = dt.clamp(*dt_range)
+    A_bar = torch.exp(dt * a)  # (d,) in (0, 1)
     return A_bar, ((A_bar - 1) / a)[:, None] * B  # (d,), (d, D)
 
 
@@ -62,6 +70,9 @@ class HRMBypass(AdapterLayer):
         self.stateful = False
         """Carry the state across calls (KV-cached generation; see :func:`hrm_generation`)."""
         self._state: Tensor | None = None
+        self.tap: Callable[[Tensor, Tensor], None] | None = None
+        """Called as ``tap(u, y)`` with each forward's input and SSM output (calibration
+        statistics, :mod:`ssmlora_app.adapters.hrm_calibration`); None in training."""
 
     def system(self) -> tuple[Tensor, Tensor, Tensor]:
         """Discrete ``(Ā (d,), B̄ (d, D), C (D, d))``."""
@@ -78,6 +89,8 @@ class HRMBypass(AdapterLayer):
             y, state = lti_scan(u, A_bar, B_bar, C, state=prev, method=self.scan)
         if self.stateful:
             self._state = state.detach()
+        if self.tap is not None:
+            self.tap(u, y)
         return y
 
     def bypass(self, u: Tensor) -> Tensor:
@@ -120,12 +133,15 @@ class HRMLayer(HRMBypass):
         gate_init: float = 0.01,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        dt_clamp: bool = False,
         scan: str = "fft",
         post_ln: bool = False,
         device: torch.device | str | None = None,
     ):
         super().__init__(base_layer, post_ln, scan)
         kw = {"device": device, "dtype": torch.float32}
+        self.dt_clamp = dt_clamp
+        """Clamp ``Δ`` to ``[dt_min, dt_max]`` in every forward (the HRM reference code's)."""
         self.log_A = nn.Parameter(torch.empty(d_state, **kw))
         self.log_dt = nn.Parameter(torch.empty(d_state, **kw))
         self.B = nn.Parameter(torch.empty(d_state, d_model, **kw))
@@ -149,7 +165,8 @@ class HRMLayer(HRMBypass):
         self.gate.fill_(self.gate_init)
 
     def system(self) -> tuple[Tensor, Tensor, Tensor]:
-        A_bar, B_bar = discretize(self.log_A, self.log_dt, self.B)
+        dt_range = self.dt_range if self.dt_clamp else None
+        A_bar, B_bar = discretize(self.log_A, self.log_dt, self.B, dt_range)
         return A_bar, B_bar, self.C
 
 
