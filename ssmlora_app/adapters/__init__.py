@@ -25,6 +25,7 @@ from ssmlora_app.adapters.registry import (
     default_adapter_config,
     generation_context,
     get_method,
+    lm_training_loss,
     method_of,
     register_adapter,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "generation_context",
     "get_method",
     "inject_adapters",
+    "lm_training_loss",
     "load_adapter",
     "merge_adapters",
     "merge_and_unload",

@@ -11,8 +11,9 @@ modal form written by ``ssmlora reduce``. Both run through :func:`ssmlora_app.ss
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,14 @@ def discretize(
     return A_bar, ((A_bar - 1) / a)[:, None] * B  # (d,), (d, D)
 
 
+def clip_norm(state: Tensor, max_norm: float | None) -> Tensor:
+    """``state (B, d)`` with each row's norm scaled down to at most ``max_norm`` (None: as is)."""
+    if max_norm is None:
+        return state
+    norms = torch.linalg.vector_norm(state, dim=-1, keepdim=True)  # (B, 1), |·| of complex modes
+    return state * (max_norm / norms.clamp(min=max_norm)).to(state.dtype)
+
+
 def _add(fresh: Tensor, other: Tensor) -> Tensor:
     """``other + fresh``, in place into ``fresh`` (a temporary no backward reads) when the
     shapes and dtypes allow it."""
@@ -70,6 +79,9 @@ class HRMBypass(AdapterLayer):
         self.stateful = False
         """Carry the state across calls (KV-cached generation; see :func:`hrm_generation`)."""
         self._state: Tensor | None = None
+        self.state_clip: float | None = None
+        """Largest norm of the carried state per example (rescaled down to it when larger); None:
+        no clip. Applies only where the state is carried across calls (``stateful``)."""
         self.tap: Callable[[Tensor, Tensor], None] | None = None
         """Called as ``tap(u, y)`` with each forward's input and SSM output (calibration
         statistics, :mod:`ssmlora_app.adapters.hrm_calibration`); None in training."""
@@ -88,7 +100,7 @@ class HRMBypass(AdapterLayer):
             prev = self._state if self.stateful else None
             y, state = lti_scan(u, A_bar, B_bar, C, state=prev, method=self.scan)
         if self.stateful:
-            self._state = state.detach()
+            self._state = clip_norm(state.detach(), self.state_clip)
         if self.tap is not None:
             self.tap(u, y)
         return y
@@ -238,3 +250,26 @@ def modal_tensors(lam: Tensor, B: Tensor, C: Tensor, n_complex: int) -> dict[str
 def hrm_layers(model: nn.Module) -> dict[str, HRMBypass]:
     """The HRM layers of ``model`` by name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, HRMBypass)}
+
+
+@contextlib.contextmanager
+def carried_state(model: nn.Module) -> Iterator[nn.Module]:
+    """Carry each HRM layer's SSM state across forward calls (detached, clipped to the layer's
+    ``state_clip``): KV-cached generation and chunked truncated BPTT.
+
+    With a KV cache, each call sees only the new tokens; the SSM must continue from the state the
+    previous call ended in (the prefill's last state, then each step's). Use one context per
+    ``generate`` call (or per chunked sequence), with ``use_cache=True``; without a cache the
+    model re-reads the whole sequence each call and must run outside this context. States start at
+    zero on entry and are dropped on exit.
+    """
+    layers = list(hrm_layers(model).values())
+    for layer in layers:
+        layer.reset_state()
+        layer.stateful = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.stateful = False
+            layer.reset_state()

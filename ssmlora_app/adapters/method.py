@@ -28,6 +28,8 @@ hook                   read by
                        dimension selection), per-step hooks (AdaLoRA's budget allocation)
 ``diagnostics``        the generic :class:`~ssmlora_app.callbacks.AdapterDiagnostics` callback
 ``generation``         the objectives' ``generate`` (stateful decoding with a KV cache)
+``lm_loss``            the causal-LM objectives' training loss (a method that trains otherwise:
+                       HRM's chunked truncated BPTT)
 ``commands``           the ``ssmlora`` CLI (a method's own subcommands, e.g. HRM's ``reduce``)
 ``bench``              ``ssmlora bench`` (the configurations it measures on a backbone)
 =====================  ===========================================================================
@@ -143,6 +145,11 @@ class AdapterMethod:
 
     generation: Callable[[nn.Module], AbstractContextManager] | None = None
     """A context for one KV-cached ``generate`` call (a method with state across decode steps)."""
+
+    lm_loss: Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor] | None = None
+    """``lm_loss(model, input_ids, attention_mask, labels)``: the causal-LM training loss where
+    the method computes it otherwise than one forward (HRM's chunked truncated BPTT); its value
+    is the forward's loss. None: ``model(..., labels=labels).loss``."""
 
     commands: Mapping[str, Callable[..., None]] = field(default_factory=dict)
     """Subcommands of ``ssmlora`` (name -> typed function; its docstring is the ``--help``)."""
