@@ -199,6 +199,9 @@ def wrap_peft(model: nn.Module, config: PeftConfig) -> PeftAdapted:
         raise SsmloraError(
             f"peft {config.peft_type} on {type(model).__name__}: {message}"
         ) from None
+    for name, param in peft_model.named_parameters():
+        if ".ranknum." in name:  # AdaLoRA's constant rank (its flag comes back on on meta)
+            param.requires_grad_(False)
     return PeftAdapted(peft_model)
 
 
