@@ -212,6 +212,11 @@ HUB_SHAPES = {
     "~/.cache/ssmlora/weights/all-MiniLM-L6-v2": {"model_type": "bert", "hidden_size": 384,
                                                   "num_hidden_layers": 6, "num_attention_heads": 12,
                                                   "intermediate_size": 1536, "vocab_size": 30522},
+    # the real decoder `make weights` writes (the dequantised GGUF; configs/real/smollm2_*.yaml)
+    "~/.cache/ssmlora/weights/SmolLM2-135M-Instruct": {"model_type": "llama", "hidden_size": 576,
+                                                       "intermediate_size": 1536, "num_hidden_layers": 30,
+                                                       "num_attention_heads": 9, "num_key_value_heads": 3,
+                                                       "vocab_size": 49152, "tie_word_embeddings": True},
 }  # fmt: skip
 
 
