@@ -26,6 +26,7 @@ MISSING = "/nonexistent/backbone"
 GPU_4BIT = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
 
 
+@pytest.mark.slow  # builds the CLI parser
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_on_cpu_qlora_stops_before_the_backbone_loads(capsys):
     with pytest.raises(SsmloraError, match="needs a CUDA GPU") as err:
