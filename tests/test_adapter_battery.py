@@ -255,8 +255,13 @@ def test_fit_export_sweep_and_bench_accept_the_method(name, tmp_path, capsys):
     assert done.value.code in (0, None)
     assert method.class_path in capsys.readouterr().out
 
+    # A method with many rows (peft's eight) is measured on its first and last: each row's
+    # config is the method's own tests' business; here bench must accept and measure them.
+    every = list(method.bench_configs(model_for(backbone), BenchSettings(targets)))
+    chosen = tuple(every) if len(every) <= 2 else (every[0], every[-1])
     preset = BenchPreset(backbone=fields, seq_lens=(8,), batch_size=2, cpu_seq_lens=(8,),
-                         cpu_batch_size=2, lora_targets=targets, methods=(name,))  # fmt: skip
+                         cpu_batch_size=2, lora_targets=targets,
+                         methods=(name,) if len(every) <= 2 else chosen)  # fmt: skip
     result = run_bench("tiny", preset, warmup=0, repeats=1)
     rows = {r["method"] for r in result.rows}
-    assert rows == set(method.bench_configs(model_for(backbone), BenchSettings(targets))), rows
+    assert rows == set(chosen), rows
