@@ -32,7 +32,8 @@ carried across KV-cached decode steps) and the ``reduce`` subcommand (balanced t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -218,9 +219,34 @@ def inject_hrm(model: nn.Module, config: HRMConfig, skip: Sequence[str]) -> list
     return names
 
 
-hrm_generation = carried_state
-"""The method's ``generation`` hook: each HRM layer's state carried across the KV-cached decode
-calls of one ``generate`` (see :func:`~ssmlora_app.adapters.hrm_layers.carried_state`)."""
+@contextlib.contextmanager
+def hrm_generation(model: nn.Module) -> Iterator[nn.Module]:
+    """The method's ``generation`` hook: each HRM layer's SSM state carried across the KV-cached
+    decode calls of one ``generate`` (:func:`~ssmlora_app.adapters.hrm_layers.carried_state`:
+    zero on entry, dropped on exit; use ``use_cache=True``).
+
+    Beam search keeps one state per beam (the batch rows ``generate`` expands the prompt to) and
+    reorders the rows with the KV cache after every step: ``generate`` calls the model's
+    ``_reorder_cache(cache, beam_idx)`` when it has one, which this context provides for its
+    duration (it reorders the states, then the cache as ``generate`` would have).
+    """
+    layers = list(hrm_layers(model).values())
+    model_reorder = getattr(type(model), "_reorder_cache", None)  # a model's own (static) one
+
+    def reorder_cache(cache, beam_idx: Tensor):
+        for layer in layers:
+            layer.reorder_state(beam_idx)
+        if model_reorder is not None:
+            return model_reorder(cache, beam_idx)
+        cache.reorder_cache(beam_idx)
+        return cache
+
+    with carried_state(model):
+        model._reorder_cache = reorder_cache
+        try:
+            yield model
+        finally:
+            del model._reorder_cache
 
 
 @dataclass

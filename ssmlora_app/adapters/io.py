@@ -78,7 +78,7 @@ def save_adapter(
     if peft is not None:  # peft's own fields first; ours fill what it leaves out
         meta.update(peft)
         meta.setdefault("modules_to_save", config.modules_to_save or None)
-        meta.setdefault("task_type", "SEQ_CLS" if config.modules_to_save else None)
+        meta.setdefault("task_type", _peft_task_type(config.modules_to_save or []))
         if base_model_name_or_path is not None or "base_model_name_or_path" not in meta:
             meta["base_model_name_or_path"] = base_model_name_or_path
         meta["inference_mode"] = True
@@ -86,6 +86,14 @@ def save_adapter(
     if method.state is not None:  # a wrapper's own layout (e.g. peft's keys)
         return write_adapter_folder(directory, method.state.save(model), meta, prefix="")
     return write_adapter_folder(directory, adapter_state_dict(model), meta)
+
+
+def _peft_task_type(heads: list[str]) -> str | None:
+    """peft's ``task_type`` for a model with these fully trained heads: ``QUESTION_ANS`` for a
+    span head, ``SEQ_CLS`` for a classifier (and a multiple-choice one), None without a head."""
+    if "qa_outputs" in heads:
+        return "QUESTION_ANS"
+    return "SEQ_CLS" if heads else None
 
 
 def read_adapter_config(directory: str | os.PathLike) -> AdapterConfig:
