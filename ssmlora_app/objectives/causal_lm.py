@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ssmlora_app.adapters import generation_context
+from ssmlora_app.adapters import generation_context, lm_training_loss
 from ssmlora_app.backbone import BackboneConfig, build_causal_lm
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.objectives.base import Objective, Stage, register_objective
@@ -101,9 +101,9 @@ class CausalLM(Objective):
 
     # Steps.
     def training_loss(self, model: nn.Module, batch: LMBatch) -> Tensor:
-        return model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
-        ).loss
+        """The loss on the target tokens (one forward, or the adapter method's own way, e.g.
+        HRM's chunked truncated BPTT: see :func:`~ssmlora_app.adapters.lm_training_loss`)."""
+        return lm_training_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
 
     def target_stats(self, model: nn.Module, batch: LMBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Per example: summed NLL of the target tokens, correct arg-max count, target count."""

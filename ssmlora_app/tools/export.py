@@ -37,6 +37,7 @@ from ssmlora_app.adapters import (
     method_of,
     save_adapter,
 )
+from ssmlora_app.adapters.inject import inner_model
 from ssmlora_app.adapters.interop import load_foreign_lora
 from ssmlora_app.atomic import respect_umask
 from ssmlora_app.backbone import BackboneConfig
@@ -174,7 +175,7 @@ def rebuild(
 
 
 def _probe_inputs(model: nn.Module, length: int = 16) -> dict[str, torch.Tensor]:
-    config = model.config
+    config = inner_model(model).config
     length = min(length, getattr(config, "max_position_embeddings", length) - 2)
     generator = torch.Generator().manual_seed(0)
     low = 3 if config.vocab_size > 8 else 0  # keep clear of the special tokens
@@ -189,7 +190,7 @@ def merge_into_backbone(model: nn.Module, verify: bool = True) -> nn.Module:
     model. With ``verify``, its logits on random tokens must equal the adapter model's."""
     inputs = _probe_inputs(model) if verify else None
     before = model(**inputs).logits.float() if verify else None
-    merge_and_unload(model)  # SsmloraError for a method that is not mergeable
+    model = merge_and_unload(model)  # SsmloraError for a method that is not mergeable
     if verify:
         after = model(**inputs).logits.float()
         if not torch.allclose(before, after, atol=1e-4, rtol=1e-3):
@@ -203,9 +204,9 @@ def merge_into_backbone(model: nn.Module, verify: bool = True) -> nn.Module:
 def merge_refusal(model: nn.Module) -> str | None:
     """Why no ``merged/`` can be written for ``model``; None when it can."""
     method = method_of(model)
-    if not method.mergeable:
+    if not method.can_merge(adapter_config(model)):
         return f"{method.name} adapters cannot be merged into the backbone"
-    if not isinstance(model, PreTrainedModel):
+    if not isinstance(inner_model(model), PreTrainedModel):
         return (
             f"a merged {type(model).__name__} has no transformers class to be saved as; "
             "use the adapter folder with the backbone"
