@@ -70,6 +70,13 @@ def require_mixers(
     return mixers
 
 
+def needs_mamba(model: nn.Module, method: str) -> None:
+    """Raise :class:`SsmloraError` when ``model`` has no Mamba mixer (a method's ``bench`` hook
+    on another backbone)."""
+    if not any(mixer_kind(m) for m in model.modules()):
+        raise SsmloraError(f"{method} needs a Mamba backbone")
+
+
 @dataclass(frozen=True)
 class Part:
     """A row block of one tensor of a mixer."""
