@@ -124,8 +124,8 @@ def inject_layer_freeze(
                     raise SsmloraError(f"layer_freeze: {type(mixer).__name__} has no {item}.")
                 _unfreeze(mixer, item)
             elif item in MIXER_MODULES or item == "mixer_norm":
-                module = mixer.norm if item == "mixer_norm" else getattr(mixer, item, None)
-                if module is None or (item == "mixer_norm" and mixer_kind(mixer) != "mamba2"):
+                module = getattr(mixer, "norm" if item == "mixer_norm" else item, None)
+                if module is None:
                     raise SsmloraError(f"layer_freeze: {type(mixer).__name__} has no {item}.")
                 module.requires_grad_(True)
             elif item == "norm":
