@@ -17,7 +17,14 @@ from ssmlora_app.cli import main
 from ssmlora_app.tasks import get_task
 from tests.conftest import REPO
 
-CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+
+def _is_adapter_file(path: Path) -> bool:
+    """An adapter variant for ``ssmlora sweep --adapters`` (``class_path`` at its top), not a
+    config of its own (tests/test_sweep.py checks those)."""
+    return "class_path" in (yaml.safe_load(path.read_text()) or {})
+
+
+CONFIGS = [p for p in sorted((REPO / "configs").glob("**/*.yaml")) if not _is_adapter_file(p)]
 
 
 def fit(tmp_path: Path, *extra: str, version: str = "v") -> Path:
@@ -205,6 +212,11 @@ HUB_SHAPES = {
     "~/.cache/ssmlora/weights/all-MiniLM-L6-v2": {"model_type": "bert", "hidden_size": 384,
                                                   "num_hidden_layers": 6, "num_attention_heads": 12,
                                                   "intermediate_size": 1536, "vocab_size": 30522},
+    # the real decoder `make weights` writes (the dequantised GGUF; configs/real/smollm2_*.yaml)
+    "~/.cache/ssmlora/weights/SmolLM2-135M-Instruct": {"model_type": "llama", "hidden_size": 576,
+                                                       "intermediate_size": 1536, "num_hidden_layers": 30,
+                                                       "num_attention_heads": 9, "num_key_value_heads": 3,
+                                                       "vocab_size": 49152, "tie_word_embeddings": True},
 }  # fmt: skip
 
 

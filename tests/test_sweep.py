@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from ssmlora_app.cli import main
 from ssmlora_app.errors import SsmloraError
@@ -103,3 +104,16 @@ def test_a_tiny_sweep_then_report(tmp_path, monkeypatch):
     main(["report", "--runs", str(runs), "--out", str(tmp_path / "report"), "--plots", "false"])
     table = (tmp_path / "report" / "report.md").read_text()
     assert "±" in table and table.count("quickstart") >= 1
+
+
+ADAPTER_FILES = sorted(
+    p
+    for p in (REPO / "configs").glob("**/*.yaml")
+    if "class_path" in (yaml.safe_load(p.read_text()) or {})
+)
+
+
+@pytest.mark.parametrize("path", ADAPTER_FILES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_shipped_adapter_file_is_a_valid_variant(path):
+    (command,) = sweep_commands([QUICKSTART], [0], [str(path)], "out", [])
+    assert any(a.startswith("--model.adapter=") for a in command)
