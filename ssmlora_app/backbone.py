@@ -272,9 +272,8 @@ class SSMForSequenceClassification(nn.Module):
         **unused,  # token_type_ids etc. from tokenizers made for other models
     ) -> SequenceClassifierOutput:
         # no state cache: a classifier reads the sequence once
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[
-            0
-        ]
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = outputs[0]
         if attention_mask is None:
             pad = self.config.pad_token_id
             attention_mask = (

@@ -1,11 +1,12 @@
 """configs/grids/mamba-130m: the SDLoRA repository's GLUE grid as adapter files. Each file's
 trainable count (its comment) is checked on Mamba-130M shapes; the grid becomes one ``ssmlora
-fit`` per row through ``ssmlora sweep``, and ``ssmlora report`` tabulates a (tiny) sweep of it."""
+fit`` per row through ``ssmlora sweep``, and ``ssmlora report`` tabulates a (tiny) sweep of a row."""
 
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ssmlora_app.adapters import count_trainable_parameters, inject_adapters
 from ssmlora_app.cli import main
@@ -57,25 +58,24 @@ def test_the_sweep_runs_one_fit_per_row_with_its_learning_rate():
 
 
 @pytest.mark.slow
-def test_a_tiny_sweep_of_grid_rows_then_report(tmp_path, monkeypatch):
-    """Three rows of the grid on the quickstart's random Mamba (the real mamba-130m weights are
-    not available offline), one seed, then the report table."""
+def test_a_tiny_sweep_of_a_grid_row_then_report(tmp_path, monkeypatch):
+    """A row of the grid (a state method, with its file's learning rate) on the quickstart's
+    random Mamba (the real mamba-130m weights are not available offline), one seed, then the
+    report table. The sweep's command runs in this process (``ssmlora sweep`` runs the same
+    command in a subprocess: tests/test_sweep.py); one row keeps the suite fast, since every file
+    is checked as a sweep variant above and every method runs ``ssmlora fit`` in the battery."""
     monkeypatch.chdir(REPO)
     runs = tmp_path / "runs"
-    rows = [
-        GRID / f"{stem}.yaml"
-        for stem in ("006_lora_outproj", "009_layer_freeze_A_log", "017_init_state")
-    ]
-    quick = ('["--trainer.max_epochs=1","--data.max_train_samples=64","--data.max_eval_samples=32",'
-             '"--trainer.enable_progress_bar=false"]')  # fmt: skip
-    main(["sweep", "--configs", "[configs/quickstart_sdt.yaml]", "--seeds", "[0]",
-          "--adapters", "[" + ",".join(str(p) for p in rows) + "]", "--runs", str(runs),
-          "--overrides", quick])  # fmt: skip
+    row = GRID / "017_init_state.yaml"
+    quick = ["--trainer.max_epochs=1", "--data.max_train_samples=64",
+             "--data.max_eval_samples=32", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    (command,) = sweep_commands(["configs/quickstart_sdt.yaml"], [0], [str(row)], str(runs), quick)
+    main(command)
     done = sorted(p.parent.name for p in runs.glob("*/seed0"))
-    assert done == [f"quickstart_sdt_{p.stem}" for p in rows]
+    assert done == [f"quickstart_sdt_{row.stem}"]
+    run_config = yaml.safe_load((runs / done[0] / "seed0" / "config.yaml").read_text())
+    assert run_config["model"]["optimizer"]["init_args"]["lr"] == 0.002  # the file's, not 0.005
     main(["report", "--runs", str(runs), "--out", str(tmp_path / "report"), "--plots", "false"])
     table = (tmp_path / "report" / "report.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| quickstart |")]
-    assert sorted(line.split("|")[2].strip() for line in lines) == [
-        "init_state", "layer_freeze", "mamba_lora"
-    ]  # fmt: skip
+    assert [line.split("|")[2].strip() for line in lines] == ["init_state"], table
