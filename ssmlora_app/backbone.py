@@ -220,6 +220,35 @@ def build_classifier(
     )  # fmt: skip
 
 
+def build_with_head(
+    auto_cls,
+    backbone: BackboneConfig,
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+    load_kwargs: dict | None = None,
+) -> PreTrainedModel:
+    """The backbone with the fresh task head of ``auto_cls`` (``AutoModelForQuestionAnswering``:
+    a span head ``qa_outputs``; ``AutoModelForMultipleChoice``: a ``classifier`` scoring each
+    option). Raises :class:`SsmloraError` when transformers has no such model for the backbone
+    (Mamba; a decoder without a multiple-choice head)."""
+    kind = auto_cls.__name__.removeprefix("AutoModelFor")
+    model_type = _model_type(backbone)
+    if model_type in SSM_MODEL_TYPES:
+        raise SsmloraError(
+            f"{model_type} backbones have no *For{kind} model: use an encoder (BERT, RoBERTa, "
+            "DeBERTa-v2) for this task."
+        )
+    try:
+        return _build(auto_cls, backbone, vocab_size, pad_token_id, load_kwargs=load_kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        raise SsmloraError(
+            f"transformers has no *For{kind} model for model_type={model_type!r}: use an "
+            "encoder (BERT, RoBERTa, DeBERTa-v2) for this task."
+        ) from None
+
+
 SSM_MODEL_TYPES = ("mamba", "mamba2")
 """Backbones without a ``*ForSequenceClassification`` class in transformers: they get
 :class:`SSMForSequenceClassification`."""

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModelForMultipleChoice, AutoModelForQuestionAnswering
 
 from ssmlora_app.adapters import count_trainable_parameters, inject_adapters, read_adapter_config
-from ssmlora_app.backbone import BackboneConfig, build_causal_lm, build_classifier
+from ssmlora_app.backbone import BackboneConfig, build_causal_lm, build_classifier, build_with_head
 from ssmlora_app.cli import main
 from ssmlora_app.tasks import get_task
 from tests.conftest import REPO
@@ -203,6 +204,11 @@ HUB_SHAPES = {
     "roberta-large": {"model_type": "roberta", "hidden_size": 1024, "num_hidden_layers": 24,
                       "num_attention_heads": 16, "intermediate_size": 4096},
     "gpt2": {"model_type": "gpt2"},
+    "microsoft/deberta-v3-base": {"model_type": "deberta-v2", "vocab_size": 128100,
+                                  "relative_attention": True, "position_buckets": 256,
+                                  "pos_att_type": ["p2c", "c2p"], "max_relative_positions": -1,
+                                  "position_biased_input": False, "type_vocab_size": 0,
+                                  "norm_rel_ebd": "layer_norm", "share_att_key": True},
     "mistralai/Mistral-7B-v0.1": {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
                                   "num_hidden_layers": 32, "num_attention_heads": 32,
                                   "num_key_value_heads": 8, "vocab_size": 32000},
@@ -218,6 +224,10 @@ HUB_SHAPES = {
                                                        "num_attention_heads": 9, "num_key_value_heads": 3,
                                                        "vocab_size": 49152, "tie_word_embeddings": True},
 }  # fmt: skip
+
+
+HEADS = {"extractive_qa": AutoModelForQuestionAnswering,
+         "multiple_choice": AutoModelForMultipleChoice}  # fmt: skip
 
 
 def _hub_configs():
@@ -246,6 +256,8 @@ def test_every_hub_config_injects_into_its_backbone_shapes(path):
     with torch.device("meta"):
         if config["data"].get("objective") == "causal_lm":
             model = build_causal_lm(BackboneConfig(config=fields))
+        elif task.objectives[0] in HEADS:  # the span head, the multiple-choice head
+            model = build_with_head(HEADS[task.objectives[0]], BackboneConfig(config=fields))
         else:
             model = build_classifier(BackboneConfig(config=fields), task.num_labels, problem)
     inject_adapters(model, adapter)

@@ -534,6 +534,11 @@ def test_diagnostics_and_callback():
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BACKBONES = {"roberta-base": ("roberta", {}), "roberta-large": ("roberta", ROBERTA_LARGE)}
 BACKBONES["gpt2"] = ("gpt2", {})
+# DeBERTaV3-base's shapes (configs/deberta-v3-base_squad.yaml)
+BACKBONES["microsoft/deberta-v3-base"] = ("deberta-v2", {"vocab_size": 128100,
+                                                         "relative_attention": True,
+                                                         "position_buckets": 256,
+                                                         "pos_att_type": ["p2c", "c2p"]})  # fmt: skip
 # all-MiniLM-L6-v2's shapes (configs/quickstart.yaml; the real weights come from `make weights`)
 MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
           "intermediate_size": 1536, "vocab_size": 30522}  # fmt: skip

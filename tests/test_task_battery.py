@@ -13,13 +13,22 @@ from ssmlora_app.cli import build_cli, main
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.tasks import TASKS, CustomTask, DFATask, Task, get_task
 from ssmlora_app.tasks.vocab import byte_tokenizer
+from tests.conftest import REPO
+from tests.generation_data import write_dart, write_leval, write_samsum, write_spider
 from tests.test_data import write_glue
+from tests.test_multiple_choice import _article
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
               "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
               "max_position_embeddings": 64}  # fmt: skip
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64,
+             "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 64}  # fmt: skip
+"""The encoder of the tasks whose heads decoders lack (extractive QA, multiple choice)."""
+SQUAD_V2 = REPO / "tests" / "data" / "squad_v2_task"
 LORA = {"class_path": "ssmlora_app.adapters.LoRAConfig",
         "init_args": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}  # fmt: skip
+LORA_BERT = {"class_path": "ssmlora_app.adapters.LoRAConfig",
+             "init_args": {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}}  # fmt: skip
 
 
 def _jsonl(path, rows):
@@ -71,6 +80,10 @@ def data_root(tmp_path_factory):
     _leval(root / "leval" / "closed-ended" / "quality.jsonl", "quality")
     _leval(root / "leval" / "open-ended" / "meeting_summ.jsonl", "qmsum")
     _leval(root / "leval" / "open-ended" / "narrative_qa.jsonl", "narrativeqa")
+    write_leval(root / "leval")
+    write_dart(root / "dart")
+    write_samsum(root / "samsum")
+    write_spider(root / "spider")
     with open(root / "A5=10.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["seed", "input", "target"])
@@ -84,6 +97,19 @@ def data_root(tmp_path_factory):
         writer.writerows(
             [[f"{'good' if i % 2 else 'bad'} film {i}", f"l{i % 2}"] for i in range(20)]
         )
+    for split in ("train", "dev"):  # SQuAD v1.1: the v2.0 fixture's answerable questions
+        data = json.loads((SQUAD_V2 / f"{split}-v2.0.json").read_text())
+        for article in data["data"]:
+            for paragraph in article["paragraphs"]:
+                paragraph["qas"] = [q for q in paragraph["qas"] if q["answers"]]
+        (root / "squad").mkdir(exist_ok=True)
+        (root / "squad" / f"{split}-v1.1.json").write_text(json.dumps(data))
+    for folder in ("train", "dev", "test"):  # RACE in its original layout
+        for level in ("middle", "high"):
+            (root / "RACE" / folder / level).mkdir(parents=True)
+            for i in range(3):
+                text = json.dumps(_article(i, level))
+                (root / "RACE" / folder / level / f"{i + 1}.txt").write_text(text)
     byte_tokenizer().save_pretrained(root / "tokenizer")
     return root
 
@@ -98,6 +124,23 @@ def setting(name: str, root) -> dict:
         return {"data_dir": str(root / "superglue")}
     if kind in ("QualityTask", "QMSumTask", "NarrativeQATask"):
         return {"data_dir": str(root / "leval"), "max_length": 96, "max_new_tokens": 4}
+    if kind == "SquadTask":
+        fields = {"version": task.version, "doc_stride": 16}  # windows of 64 bytes
+        return {"task": {"class_path": "ssmlora_app.tasks.SquadTask", "init_args": fields},
+                "data_dir": str(SQUAD_V2 if task.version == "2.0" else root / "squad")}  # fmt: skip
+    if kind == "RaceTask":
+        return {"data_dir": str(root / "RACE")}
+    if kind == "LEvalExamTask":  # Coursera's layout: several right letters, A. options; beams
+        return {"data_dir": str(root / "leval"), "max_length": 192, "max_new_tokens": 4,
+                "num_beams": 2}  # fmt: skip
+    if kind == "DartTask":
+        return {"task": {"class_path": "ssmlora_app.tasks.DartTask",
+                         "init_args": {"meteor_synonyms": False}},
+                "data_dir": str(root / "dart"), "max_length": 160, "max_new_tokens": 8}  # fmt: skip
+    if kind == "SamSumTask":
+        return {"data_dir": str(root / "samsum"), "max_length": 160, "max_new_tokens": 8}
+    if kind == "SpiderTask":
+        return {"data_dir": str(root / "spider"), "max_length": 512, "max_new_tokens": 8}
     if kind == "WordProblemCSVTask":
         return {"data_dir": str(root)}
     if kind == "ByteLMTask":
@@ -134,9 +177,13 @@ def test_every_task_serves_batches_that_decode_to_its_text(name, data_root):
     raw = data.objective.load_split(data.task, split, args.get("data_dir"))
     batch = data.eval_collator([data.splits[split][0]])
     ids = batch.inputs["input_ids"][0] if hasattr(batch, "inputs") else batch.input_ids[0]
+    ids = ids[0] if ids.dim() == 2 else ids  # multiple choice: (K, L), the first option
     text = _squeeze(data.tokenizer.decode(ids, skip_special_tokens=True))
     if "text_a" in raw.column_names:  # the model reads the example's text
         assert _squeeze(raw[0]["text_a"])[:40] in text, (text, raw[0]["text_a"])
+    elif "question" in raw.column_names:  # QA, multiple choice: the question and its context
+        assert _squeeze(raw[0]["question"])[:30] in text, (text, raw[0]["question"])
+        assert _squeeze(raw[0]["context"])[:10] in text, (text, raw[0]["context"])
     elif raw[0]["prompt"]:
         assert _squeeze(raw[0]["prompt"])[-40:] in text, (text, raw[0]["prompt"])
     else:  # byte LM: the window's bytes
@@ -173,7 +220,9 @@ def test_each_task_class_fits_and_writes_predict_records(name, data_root, tmp_pa
             if k != "tokenizer"]  # fmt: skip
     if "tokenizer" in fields:  # the CLI links the tokenizer from the backbone
         args.append(f"--model.backbone.tokenizer={fields['tokenizer']}")
-    common = [f"--model.backbone.config={json.dumps(TINY_LLAMA)}", f"--model.adapter={json.dumps(LORA)}",
+    encoder = {"extractive_qa", "multiple_choice"} & set(get_task(name).objectives[:1])
+    backbone, lora = (TINY_BERT, LORA_BERT) if encoder else (TINY_LLAMA, LORA)
+    common = [f"--model.backbone.config={json.dumps(backbone)}", f"--model.adapter={json.dumps(lora)}",
               f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=t",
               "--trainer.logger.init_args.version=v", "--trainer.enable_progress_bar=false",
               "--trainer.enable_model_summary=false", *args]  # fmt: skip
@@ -186,7 +235,9 @@ def test_each_task_class_fits_and_writes_predict_records(name, data_root, tmp_pa
     for split in data.predict_split_names():
         (path,) = (tmp_path / "p").glob(f"*_{split}.jsonl")
         records = [json.loads(line) for line in path.read_text().splitlines()]
-        assert [r["index"] for r in records] == list(range(len(data.splits[split])))
+        features = data.splits[split]  # extractive QA: windows, one record per question
+        n = len(set(features["example"])) if "example" in features.column_names else len(features)
+        assert [r["index"] for r in records] == list(range(n))
         assert all("prediction" in r and "label" in r for r in records), records[:2]
 
 
@@ -247,9 +298,15 @@ def test_every_task_is_a_task_with_its_capabilities_declared():
     for name, factory in TASKS.items():
         task = factory()
         assert isinstance(task, Task), name
-        assert task.objectives and set(task.objectives) <= {"classification", "causal_lm"}, name
+        known = {"classification", "causal_lm", "extractive_qa", "multiple_choice"}
+        assert task.objectives and set(task.objectives) <= known, name
         if "causal_lm" in task.objectives:
-            assert task.lm_metrics and task.lm_eval in ("choice", "generate", "teacher_forced")
+            assert task.lm_metrics and task.lm_eval in (
+                "choice",
+                "generate",
+                "teacher_forced",
+                "label_words",
+            )
     assert get_task("sst2").submission and not get_task("boolq").submission
     assert get_task("dfa").test_split and not get_task("sst2").test_split
     assert get_task("multirc").grouped and not get_task("boolq").grouped

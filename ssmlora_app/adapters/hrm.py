@@ -192,14 +192,31 @@ def hrm_generation(model: nn.Module) -> Iterator[nn.Module]:
     context per ``generate`` call, with ``use_cache=True``; without a cache the model re-reads the
     whole sequence each step and must run outside this context. States start at zero on entry and
     are dropped on exit.
+
+    Beam search keeps one state per beam (the batch rows ``generate`` expands the prompt to) and
+    reorders the rows with the KV cache after every step: ``generate`` calls the model's
+    ``_reorder_cache(cache, beam_idx)`` when it has one, which this context provides for its
+    duration (it reorders the states, then the cache as ``generate`` would have).
     """
     layers = list(hrm_layers(model).values())
     for layer in layers:
         layer.reset_state()
         layer.stateful = True
+    model_reorder = getattr(type(model), "_reorder_cache", None)  # a model's own (static) one
+
+    def reorder_cache(cache, beam_idx: Tensor):
+        for layer in layers:
+            layer.reorder_state(beam_idx)
+        if model_reorder is not None:
+            return model_reorder(cache, beam_idx)
+        cache.reorder_cache(beam_idx)
+        return cache
+
+    model._reorder_cache = reorder_cache
     try:
         yield model
     finally:
+        del model._reorder_cache
         for layer in layers:
             layer.stateful = False
             layer.reset_state()

@@ -97,6 +97,12 @@ class HRMBypass(AdapterLayer):
     def reset_state(self) -> None:
         self._state = None
 
+    def reorder_state(self, beam_idx: Tensor) -> None:
+        """Beam search: row ``i`` of the carried state ``(B, d)`` becomes row ``beam_idx[i]``,
+        as the KV cache's rows do (see :func:`hrm_generation`)."""
+        if self._state is not None:
+            self._state = self._state.index_select(0, beam_idx.to(self._state.device))
+
     def merge(self) -> None:
         raise SsmloraError(
             "An HRM adapter cannot be merged: its SSM mixes tokens along the sequence, which no "

@@ -11,9 +11,10 @@ from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
 from ssmlora_app.adapters.registry import CONFIG_ATTR, adapter_config, get_method, has_adapter
 from ssmlora_app.errors import SsmloraError
 
-HEAD_NAMES = ("pooler", "classifier", "score")
-"""Top-level task-head modules of HF ``*ForSequenceClassification`` models (DeBERTa-v2 has a
-freshly initialised ``pooler``; BERT's pretrained pooler sits under ``bert.`` and is not one)."""
+HEAD_NAMES = ("pooler", "classifier", "score", "qa_outputs")
+"""Top-level task-head modules of HF ``*ForSequenceClassification`` and ``*ForMultipleChoice``
+models (DeBERTa-v2 has a freshly initialised ``pooler``; BERT's pretrained pooler sits under
+``bert.`` and is not one) and the span head of ``*ForQuestionAnswering`` (``qa_outputs``)."""
 
 TRAINED_ATTR = "ssmlora_trained_parameters"
 """Attribute of an injected model: backbone parameters (outside adapter layers and the head) that

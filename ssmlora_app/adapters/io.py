@@ -76,11 +76,19 @@ def save_adapter(
     if peft is not None:
         meta.update(peft)
         meta["modules_to_save"] = config.modules_to_save or None
-        meta["task_type"] = "SEQ_CLS" if config.modules_to_save else None
+        meta["task_type"] = _peft_task_type(config.modules_to_save or [])
         meta["base_model_name_or_path"] = base_model_name_or_path
         meta["inference_mode"] = True
     meta["ssmlora"] = config_record(config, metadata)
     return write_adapter_folder(directory, adapter_state_dict(model), meta)
+
+
+def _peft_task_type(heads: list[str]) -> str | None:
+    """peft's ``task_type`` for a model with these fully trained heads: ``QUESTION_ANS`` for a
+    span head, ``SEQ_CLS`` for a classifier (and a multiple-choice one), None without a head."""
+    if "qa_outputs" in heads:
+        return "QUESTION_ANS"
+    return "SEQ_CLS" if heads else None
 
 
 def read_adapter_config(directory: str | os.PathLike) -> AdapterConfig:

@@ -40,7 +40,8 @@ class ArchitectureNames:
     ffn_in: tuple[str, ...]
     ffn_out: str
     heads: tuple[str, ...]
-    """Top-level task-head modules whose linears ``full_model`` adapts."""
+    """Top-level task-head modules whose linears ``full_model`` adapts (the classifier, or the
+    span head ``qa_outputs`` of extractive QA)."""
 
     @property
     def fused_qkv(self) -> bool:
@@ -55,7 +56,7 @@ _BERT_LIKE = ArchitectureNames(
     attn_out="attention.output.dense",
     ffn_in=("intermediate.dense",),
     ffn_out="output.dense",
-    heads=("classifier",),
+    heads=("classifier", "qa_outputs"),
 )
 _LLAMA_LIKE = ArchitectureNames(
     layers="layers",
@@ -79,7 +80,7 @@ ARCHITECTURES: dict[str, ArchitectureNames] = {
         attn_out="attention.output.dense",
         ffn_in=("intermediate.dense",),
         ffn_out="output.dense",
-        heads=("pooler", "classifier"),
+        heads=("pooler", "classifier", "qa_outputs"),
     ),
     "gpt2": ArchitectureNames(
         layers="h",

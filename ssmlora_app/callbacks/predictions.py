@@ -15,6 +15,10 @@ diagnostic set, MNLI model), whose ``index`` is each row's own index in the test
 ``idx``), which the GLUE server matches on; rows are in that index's order, and the jsonl records
 (``<task>_test.jsonl``, ``mnli_test_matched.jsonl``, ...) have no ``label``.
 
+An objective may add files in an official evaluator's format (its ``prediction_files``):
+extractive QA writes ``<task>_<split>_predictions.json`` (``{id: answer}``) and, for SQuAD v2.0,
+``<task>_<split>_na_prob.json``.
+
 Causal LM: under ``choice`` the prediction and the label are option indices; otherwise the
 prediction is the model's greedy answer as text and the label the reference answer (the first of
 the task's references, with ``references`` listing them all when there are several; the decoded
@@ -92,6 +96,9 @@ class PredictionWriter(BasePredictionWriter):
                 lines = ["index\tprediction"]
                 lines += [f"{r['index']}\t{_tsv_cell(r['prediction'])}" for r in records]
                 path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            for suffix, content in objective.prediction_files(records).items():
+                path = root / f"{info.task}_{split}{rank}_{suffix}"
+                path.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
 
 
 def _values(batches: list) -> list:

@@ -3,6 +3,7 @@ through the task's objective (one path for every objective)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Literal
 
@@ -19,11 +20,17 @@ from ssmlora_app.tasks import Task, TaskInfo, get_task
 from ssmlora_app.tasks.base import GROUP_COLUMN, INDEX_COLUMN
 from ssmlora_app.tokenization import check_tokenizer, id_space, load_tokenizer
 
-TEXT_COLUMNS = ("text_a", "text_b", "document", "prompt", "target")
-"""Text columns of a classification (``text_a``/``text_b``) or causal-LM split."""
+TEXT_COLUMNS = ("text_a", "text_b", "document", "prompt", "target", "question", "context")
+"""Text columns of a classification (``text_a``/``text_b``), causal-LM, extractive-QA or
+multiple-choice (``question``/``context``) split."""
 
 TOKENIZER_SAMPLE = 32
 """Training examples whose text :func:`check_tokenizer` reads."""
+
+
+def _plain(options: dict | None) -> dict | None:
+    """``options`` as JSON values (tuples become lists), as checkpoints and YAML files keep them."""
+    return None if options is None else json.loads(json.dumps(options))
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -54,6 +61,8 @@ class TaskDataModule(L.LightningDataModule):
         objective: str | None = None,
         truncation: Literal["middle", "tail", "head"] = "middle",
         max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        min_new_tokens: int = 0,
         predict_splits: Literal["eval", "test"] = "eval",
         task_args: dict | None = None,
     ):
@@ -61,7 +70,7 @@ class TaskDataModule(L.LightningDataModule):
         Args:
             task: The task: a built-in name for its defaults (GLUE: cola, sst2, mrpc, qqp, stsb,
                 mnli, qnli, rte, wnli; SuperGLUE: boolq, cb, copa, multirc, superglue_rte, wic,
-                wsc; long-context: quality, qmsum, narrativeqa; state tracking: dfa, parity,
+                wsc; extractive QA: squad, squad_v2; multiple choice: race; long-context: quality, qmsum, narrativeqa; state tracking: dfa, parity,
                 word_problem, word_problem_csv; byte_lm; quickstart; custom), or a task class
                 with its fields, e.g. ``{class_path: ssmlora_app.tasks.DFATask, init_args:
                 {n_states: 8}}`` (on the command line ``--data.task=DFATask
@@ -80,8 +89,9 @@ class TaskDataModule(L.LightningDataModule):
             max_eval_samples: Use a random subset of this many examples of each evaluation split.
             sample_seed: Seed of those subsets.
             shuffle_seed: Seed of the training order (a permutation per epoch).
-            objective: ``classification`` or ``causal_lm``; null: the task's default. Causal LM
-                learns the target tokens after the prompt (see
+            objective: ``classification``, ``causal_lm``, ``extractive_qa`` (SQuAD) or
+                ``multiple_choice`` (RACE, COPA on an encoder); null: the task's default.
+                Causal LM learns the target tokens after the prompt (see
                 :mod:`ssmlora_app.objectives.lm_data`).
             truncation: Causal LM: how a too-long document is shortened, the same for every
                 method: ``middle`` (keep its beginning and end), ``tail`` (keep its end) or
@@ -90,6 +100,11 @@ class TaskDataModule(L.LightningDataModule):
                 evaluation (and room kept for the training target) and under ``teacher_forced``
                 by ``ssmlora predict`` (within ``max_length``; 0: as many as the reference
                 has); null: the task's default.
+            num_beams: Causal LM: beams of the generated answers (1: greedy; the PEFT-of-SSMs
+                benchmark decodes DART, SAMSum and Spider with 5), KV cache, each beam with its
+                own adapter state; the best beam (length-normalised log-likelihood) is the answer.
+            min_new_tokens: Causal LM: tokens generated before EOS may end an answer (HF
+                ``min_new_tokens``: the answer alone, not the prompt).
             predict_splits: What ``ssmlora predict`` runs on: ``eval``, the evaluation (dev)
                 splits; or ``test``, the test splits: GLUE's unlabelled ones (``test.tsv``; MNLI
                 ``test_matched.tsv``, ``test_mismatched.tsv`` and the diagnostic AX when found),
@@ -120,6 +135,13 @@ class TaskDataModule(L.LightningDataModule):
                 "eval to predict the evaluation splits."
             )
         objective_cls = resolve_objective(objective, self.task)
+        if num_beams < 1 or min_new_tokens < 0:
+            raise SsmloraError("data.num_beams must be at least 1 and data.min_new_tokens >= 0.")
+        if (num_beams, min_new_tokens) != (1, 0) and not objective_cls.generates:
+            raise SsmloraError(
+                f"data.num_beams / data.min_new_tokens set decoding, but the {objective_cls.name} "
+                f"objective of task {self.task.name!r} generates no text; leave them at 1 / 0."
+            )
         # A tokenizer from outside the task is checked against a sample of the training text
         # (see check_tokenizer) when that split is prepared; the task's own ones need no check.
         self._check_tokenizer = tokenizer is not None
@@ -141,6 +163,10 @@ class TaskDataModule(L.LightningDataModule):
             max_length=max_length,
             truncation=truncation,
             grouped=self.task.grouped,
+            eval_options=self.task.eval_options(),
+            num_beams=num_beams,
+            min_new_tokens=min_new_tokens,
+            metric_options=_plain(self.task.metric_options(data_dir)),
         )
         self.objective: Objective = objective_cls(self.task_info)
         self.objective.attach(self.tokenizer)

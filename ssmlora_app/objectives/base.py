@@ -51,6 +51,8 @@ class Objective(ABC):
     evaluation: ClassVar[str | None] = None
     """Within a family, the task's evaluation mode this objective serves (``Task.lm_eval``);
     None: the family's only objective."""
+    generates: ClassVar[bool] = False
+    """It writes answers with ``generate`` (so ``data.num_beams`` / ``min_new_tokens`` apply)."""
 
     def __init__(self, info: TaskInfo):
         self.info = info
@@ -130,7 +132,9 @@ class Objective(ABC):
     def metrics(self, prefix: str) -> MetricCollection:
         """A fresh metric collection, logged as ``{prefix}/{name}``."""
         info = self.info
-        return build_metrics(info.metrics, info.num_labels, prefix, info.grouped)
+        return build_metrics(
+            info.metrics, info.num_labels, prefix, info.grouped, info.metric_options
+        )
 
     @abstractmethod
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
@@ -151,6 +155,11 @@ class Objective(ABC):
         """``ssmlora predict``'s records, one ``{"index", "prediction"[, "label", ...]}`` per
         example in dataset order; ``values`` are the predictions in ``order`` (dataset indices),
         ``dataset`` the split as encoded (None: no gold labels)."""
+
+    def prediction_files(self, records: list[dict]) -> dict[str, object]:
+        """Files ``ssmlora predict`` writes beside the records of a split, in an official
+        evaluator's format: name suffix (``predictions.json``) -> JSON value; none by default."""
+        return {}
 
 
 _OBJECTIVES: dict[str, type[Objective]] = {}

@@ -97,3 +97,50 @@ class LMBatch(TensorBatch):
     @property
     def size(self) -> int:
         return self.input_ids.shape[0]
+
+
+@dataclass
+class ChoiceBatch(TensorBatch):
+    """A batch for a multiple-choice head: every option of an example paired with its context,
+    all examples with the same number of options ``K``."""
+
+    inputs: dict[str, Tensor]
+    """The padded tokenizer outputs, each ``(B, K, L)`` (``input_ids``, ``attention_mask``,
+    ``token_type_ids``, ...)."""
+    labels: Tensor
+    """``(B,)`` index of the gold option."""
+    levels: Tensor | None = None
+    """``(B,)`` level ids of a task scored per level (RACE: middle 0, high 1); the model never
+    sees them."""
+
+    @property
+    def size(self) -> int:
+        return self.inputs["input_ids"].shape[0]
+
+
+@dataclass
+class SpanBatch(TensorBatch):
+    """An extractive-QA batch: windows (features) of question + context, ``B`` of them, from one
+    or several examples (a long context gives several overlapping windows)."""
+
+    inputs: dict[str, Tensor]
+    """The padded tokenizer outputs, each ``(B, L)``."""
+    start_positions: Tensor
+    """``(B,)`` the answer's first token in the window; 0 (the first token, [CLS]) when the
+    window does not hold the answer (or the question has none)."""
+    end_positions: Tensor
+    """``(B,)`` the answer's last token, as ``start_positions``."""
+    feature: Tensor | None = None
+    """``(B,)`` each window's row in the encoded split (evaluation, prediction)."""
+    example: Tensor | None = None
+    """``(B,)`` each window's question: its row in the split as loaded."""
+    offsets: Tensor | None = None
+    """``(B, L, 2)`` each token's character span in the context; -1 for tokens outside it (the
+    question, special tokens, padding)."""
+    examples: list[tuple[int, str, str, tuple[str, ...]]] | None = None
+    """The windows' questions, one entry per question: (example row, question id, context,
+    reference answers)."""
+
+    @property
+    def size(self) -> int:
+        return self.inputs["input_ids"].shape[0]

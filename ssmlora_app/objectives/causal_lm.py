@@ -2,7 +2,8 @@
 target tokens only (:mod:`ssmlora_app.objectives.lm_data`), and one objective per evaluation:
 
 * :class:`LMChoice`: each answer option scored by its summed log-likelihood, arg-max (accuracy);
-* :class:`LMGenerate`: greedy answers (KV cache), scored by text metrics against references;
+* :class:`LMGenerate`: generated answers (greedy or beam search, KV cache), scored by text
+  metrics against references;
 * :class:`LMTeacherForced`: arg-max and log-likelihood of the target tokens (state tracking, bits
   per byte); ``ssmlora predict`` still writes greedy answers.
 """
@@ -28,7 +29,7 @@ from ssmlora_app.objectives.lm_data import (
     encode_lm_example,
     generation_prompt,
 )
-from ssmlora_app.tasks.base import GROUP_COLUMN, LM_COLUMNS, Task
+from ssmlora_app.tasks.base import GROUP_COLUMN, INDEX_COLUMN, LM_COLUMNS, Task
 from ssmlora_app.tasks.metrics import teacher_forced_stats
 
 
@@ -79,7 +80,7 @@ class CausalLM(Objective):
                 "ssmlora_app.tasks.base.LM_COLUMNS)."
             )
         fmt = LMFormat(self.info.max_length, self.info.truncation, self.answer_room())
-        keep = ("label", "references", GROUP_COLUMN)
+        keep = ("label", "references", GROUP_COLUMN, INDEX_COLUMN)
         return ds.map(
             partial(encode_lm_example, tokenizer=tokenizer, fmt=fmt),
             remove_columns=[c for c in ds.column_names if c not in keep],
@@ -100,10 +101,14 @@ class CausalLM(Objective):
     def generate_ids(
         self, model: nn.Module, prompts: PromptInputs, max_new_tokens: list[int] | None = None
     ) -> list[Tensor]:
-        """Greedy continuations (KV cache) of each prompt (``ids`` (B, P) up to ``lengths``
-        (B,)), one prompt at a time: no padding reaches the model, so sequence adapters read
-        only real tokens; the adapter method's ``generation`` context carries any state across
-        decode steps. Each continuation (1-D) stops at EOS (the tokenizer's, see
+        """Continuations (KV cache) of each prompt (``ids`` (B, P) up to ``lengths`` (B,)), one
+        prompt at a time: no padding reaches the model, so sequence adapters read only real
+        tokens; the adapter method's ``generation`` context carries any state across decode
+        steps (and reorders it with the beams). Greedy, or beam search with ``num_beams`` beams
+        (``TaskInfo.num_beams``; HF ``generate``'s: the finished hypothesis with the best
+        length-normalised log-likelihood, length penalty 1, no early stop) — the PEFT-of-SSMs
+        benchmark's decoding. Each continuation (1-D) has at least ``TaskInfo.min_new_tokens``
+        tokens and stops at EOS (the tokenizer's, see
         :func:`~ssmlora_app.backbone.build_causal_lm`), after ``max_new_tokens`` (one per prompt;
         default ``TaskInfo.max_new_tokens`` for all), or where the sequence would pass
         ``data.max_length``, the longest checked against the backbone's positions."""
@@ -127,6 +132,8 @@ class CausalLM(Objective):
                     input_ids=prompt,
                     attention_mask=torch.ones_like(prompt),
                     max_new_tokens=new,
+                    min_new_tokens=min(info.min_new_tokens, new),
+                    num_beams=info.num_beams,
                     do_sample=False,
                     use_cache=True,
                     pad_token_id=info.pad_token_id,
@@ -218,10 +225,12 @@ class LMChoice(CausalLM):
 
 @register_objective
 class LMGenerate(CausalLM):
-    """Greedy answers of ``max_new_tokens``, scored by text metrics against the references."""
+    """Generated answers of ``max_new_tokens`` (greedy or beam search), scored by text metrics
+    against the references."""
 
     name = "lm_generate"
     evaluation = "generate"
+    generates = True
 
     @classmethod
     def answer_tokens(cls, task: Task, requested: int | None) -> int:
@@ -244,7 +253,7 @@ class LMGenerate(CausalLM):
         return self._loss(self.target_stats(model, batch))
 
     def predict(self, model: nn.Module, batch: LMBatch) -> list[str]:
-        """Each example's greedy answer (``max_new_tokens``, the room the data kept)."""
+        """Each example's generated answer (``max_new_tokens``, the room the data kept)."""
         return self.generate_text(model, batch.prompts)
 
     def records(
@@ -259,6 +268,7 @@ class LMTeacherForced(CausalLM):
 
     name = "lm_teacher_forced"
     evaluation = "teacher_forced"
+    generates = True
 
     @classmethod
     def answer_tokens(cls, task: Task, requested: int | None) -> int:

@@ -123,13 +123,15 @@ class LMCollator:
     """Right-pads rows of :func:`encode_lm_example` into an :class:`LMBatch` (pads carry
     ``labels = -100`` and ``attention_mask = 0``), with the parts its objective reads: the
     options (``choices``), the prompts (``prompts``; with ``target_lengths`` too), the
-    references; a grouped task's ``groups`` whenever the rows have them."""
+    references, the gold classes without options (``gold``); a grouped task's ``groups``
+    whenever the rows have them."""
 
     pad_token_id: int
     choices: bool = False
     prompts: bool = False
     target_lengths: bool = False
     references: bool = False
+    gold: bool = False
 
     def __call__(self, rows: list[dict]) -> LMBatch:
         ids = _pad([r["input_ids"] for r in rows], self.pad_token_id)
@@ -159,6 +161,8 @@ class LMCollator:
             )
         if self.references:
             batch.references = [list(r["references"]) for r in rows]
+        if self.gold:
+            batch.gold = torch.tensor([r["label"] for r in rows])
         if GROUP_COLUMN in rows[0]:
             batch.groups = torch.tensor([r[GROUP_COLUMN] for r in rows])
         return batch

@@ -55,33 +55,34 @@ def _ngrams(tokens: list[str], max_order: int) -> Counter:
     )
 
 
-def corpus_bleu(
-    predictions: Sequence[str], references: Sequence[str | Sequence[str]], max_order: int = 4
+def bleu_statistics(
+    prediction: str, references: str | Sequence[str], max_order: int = 4
+) -> tuple[list[int], list[int], int, int]:
+    """One sentence's sufficient statistics, which corpus BLEU sums: clipped n-gram matches and
+    possible n-grams per order n = 1..``max_order``, the hypothesis length and the shortest
+    reference length (all 13a tokens)."""
+    refs = [references] if isinstance(references, str) else list(references)
+    if not refs:
+        raise ScoringError("BLEU: a prediction without a reference")
+    hyp = tokenize_13a(prediction)
+    ref_tokens = [tokenize_13a(r) for r in refs]
+    max_ref_counts = Counter()
+    for r in ref_tokens:
+        max_ref_counts |= _ngrams(r, max_order)  # | keeps each n-gram's largest count
+    matches = [0] * max_order
+    for ngram, count in (_ngrams(hyp, max_order) & max_ref_counts).items():
+        matches[len(ngram) - 1] += count
+    possible = [max(len(hyp) - n + 1, 0) for n in range(1, max_order + 1)]
+    return matches, possible, len(hyp), min(len(r) for r in ref_tokens)
+
+
+def bleu_from_statistics(
+    matches: Sequence[int], possible: Sequence[int], hyp_length: int, ref_length: int
 ) -> dict:
-    """``bleu`` in [0, 1], with ``precisions`` (per order), ``brevity_penalty``,
-    ``length_ratio``, ``translation_length`` and ``reference_length``, as ``evaluate`` returns
-    them. ``references`` holds one string or a list of strings per prediction."""
-    if len(predictions) != len(references):
-        raise ScoringError(f"{len(predictions)} predictions for {len(references)} references")
-    matches, possible = [0] * max_order, [0] * max_order
-    hyp_length = ref_length = 0
-    for prediction, refs in zip(predictions, references):
-        refs = [refs] if isinstance(refs, str) else list(refs)
-        if not refs:
-            raise ScoringError("BLEU: a prediction without a reference")
-        hyp = tokenize_13a(prediction)
-        ref_tokens = [tokenize_13a(r) for r in refs]
-        hyp_length += len(hyp)
-        ref_length += min(len(r) for r in ref_tokens)
-        max_ref_counts = Counter()
-        for r in ref_tokens:
-            max_ref_counts |= _ngrams(r, max_order)  # | keeps each n-gram's largest count
-        for ngram, count in (_ngrams(hyp, max_order) & max_ref_counts).items():
-            matches[len(ngram) - 1] += count
-        for n in range(1, max_order + 1):
-            possible[n - 1] += max(len(hyp) - n + 1, 0)
+    """Corpus BLEU from summed :func:`bleu_statistics` (see :func:`corpus_bleu`)."""
     if ref_length == 0:
         raise ScoringError("BLEU: the references have no tokens")
+    max_order = len(matches)
     precisions = [m / p if p > 0 else 0.0 for m, p in zip(matches, possible)]
     geo_mean = (
         math.exp(sum((1.0 / max_order) * math.log(p) for p in precisions))
@@ -98,3 +99,22 @@ def corpus_bleu(
         "translation_length": hyp_length,
         "reference_length": ref_length,
     }
+
+
+def corpus_bleu(
+    predictions: Sequence[str], references: Sequence[str | Sequence[str]], max_order: int = 4
+) -> dict:
+    """``bleu`` in [0, 1], with ``precisions`` (per order), ``brevity_penalty``,
+    ``length_ratio``, ``translation_length`` and ``reference_length``, as ``evaluate`` returns
+    them. ``references`` holds one string or a list of strings per prediction."""
+    if len(predictions) != len(references):
+        raise ScoringError(f"{len(predictions)} predictions for {len(references)} references")
+    matches, possible = [0] * max_order, [0] * max_order
+    hyp_length = ref_length = 0
+    for prediction, refs in zip(predictions, references):
+        m, p, h, r = bleu_statistics(prediction, refs, max_order)
+        matches = [a + b for a, b in zip(matches, m)]
+        possible = [a + b for a, b in zip(possible, p)]
+        hyp_length += h
+        ref_length += r
+    return bleu_from_statistics(matches, possible, hyp_length, ref_length)

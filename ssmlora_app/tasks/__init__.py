@@ -22,6 +22,12 @@ from ssmlora_app.tasks.state_tracking import (  # isort: skip
 from ssmlora_app.tasks.byte_lm import ByteLMTask  # isort: skip
 from ssmlora_app.tasks.longctx import NarrativeQATask, QMSumTask, QualityTask  # isort: skip
 from ssmlora_app.tasks.custom import CustomTask  # isort: skip
+from ssmlora_app.tasks.squad import SquadTask  # isort: skip
+from ssmlora_app.tasks.race import RaceTask  # isort: skip
+from ssmlora_app.tasks.dart import DartTask  # isort: skip
+from ssmlora_app.tasks.samsum import SamSumTask  # isort: skip
+from ssmlora_app.tasks.spider import SpiderTask  # isort: skip
+from ssmlora_app.tasks.leval_exam import LEvalExamTask  # isort: skip
 from ssmlora_app.tasks.arithmetic import AdditionTask  # isort: skip
 
 __all__ = [
@@ -30,11 +36,17 @@ __all__ = [
     "ByteLMTask",
     "CustomTask",
     "DFATask",
+    "DartTask",
     "GlueTask",
+    "LEvalExamTask",
     "NarrativeQATask",
     "ParityTask",
     "QMSumTask",
     "QualityTask",
+    "RaceTask",
+    "SamSumTask",
+    "SpiderTask",
+    "SquadTask",
     "SuperGlueTask",
     "Task",
     "TaskInfo",

@@ -51,6 +51,16 @@ class TaskInfo:
     """The examples come in groups scored together (MultiRC: the answer options of one question):
     evaluation batches carry their ids under :data:`GROUP_COLUMN`, and ``exact_match`` is the
     fraction of groups whose examples are all right (see :mod:`ssmlora_app.tasks.metrics`)."""
+    eval_options: dict | None = None
+    """Options the objective's evaluation reads (plain values; extractive QA: the span
+    post-processing, see :meth:`Task.eval_options`); None when it reads none."""
+    num_beams: int = 1
+    """Beams of the generating objectives' decoding (``data.num_beams``; 1: greedy)."""
+    min_new_tokens: int = 0
+    """Tokens generated before EOS may end an answer (``data.min_new_tokens``)."""
+    metric_options: dict | None = None
+    """What the task's metrics need beyond their names (:meth:`Task.metric_options`: Spider's
+    databases, GLUE's label words, ...); plain values. None: nothing."""
 
     def to_record(self) -> dict:
         """Plain values (lists for tuples) for hyperparameter files and checkpoints."""
@@ -100,7 +110,8 @@ class Task:
     objectives: tuple[str, ...] = ("classification",)
     """The objective families the task supports (``data.objective``); the first is its default."""
     lm_eval: str = "choice"
-    """How the task is evaluated as a causal LM: ``choice``, ``generate`` or ``teacher_forced``."""
+    """How the task is evaluated as a causal LM: ``choice``, ``generate``, ``teacher_forced`` or
+    ``label_words`` (a generated class label word, GLUE)."""
     lm_metrics: tuple[str, ...] = ()
     """Metric names under ``causal_lm``."""
     max_new_tokens: int = 0
@@ -113,10 +124,18 @@ class Task:
     """Class names in class-id order, when the task has them."""
     submission: bool = False
     """The task has unlabelled test splits for a benchmark submission (:meth:`submission_splits`)."""
+    choice_levels: tuple[str, ...] = ()
+    """Multiple choice: the levels the accuracy is also reported for (RACE: middle, high), each
+    as the metric ``accuracy_<level>``; empty for none."""
 
     @property
     def is_regression(self) -> bool:
         return False
+
+    def eval_options(self) -> dict | None:
+        """Options of the task that its objective's evaluation reads, saved in
+        :attr:`TaskInfo.eval_options` (plain JSON values); None for most tasks."""
+        return None
 
     def check_data_dir(self, data_dir: str | None) -> None:
         """Raise :class:`SsmloraError` now if ``data_dir`` lacks the task's files."""
@@ -127,6 +146,18 @@ class Task:
     def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
         raise SsmloraError(f"{self.name} has no causal-LM form: use data.objective classification.")
 
+    def load_qa_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        """Extractive QA rows (``extractive_qa``): ``id`` (str), ``question`` (str), ``context``
+        (str), ``answers`` (list[str], empty for an unanswerable question) and
+        ``answer_starts`` (list[int], each answer's character offset in the context)."""
+        raise SsmloraError(f"{self.name} is not an extractive QA task.")
+
+    def load_choice_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        """Multiple-choice rows (``multiple_choice``): ``context`` (str), ``question`` (str),
+        ``choices`` (list[str], as many for every row), ``label`` (int, the gold option) and,
+        for a task scored per level (:attr:`choice_levels`), ``level`` (str)."""
+        raise SsmloraError(f"{self.name} has no multiple-choice form.")
+
     def render_lm(
         self, ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
     ) -> datasets.Dataset:
@@ -135,6 +166,11 @@ class Task:
 
     def builtin_tokenizer(self) -> PreTrainedTokenizerBase | None:
         """A tokenizer the task brings itself (synthetic tasks), or None."""
+        return None
+
+    def metric_options(self, data_dir: str | None) -> dict | None:
+        """Plain values the task's metrics need (:attr:`TaskInfo.metric_options`), e.g. Spider's
+        database folder; called once the data module checked ``data_dir``. Default none."""
         return None
 
     def submission_splits(self, data_dir: str | None) -> tuple[str, ...] | None:

@@ -10,6 +10,10 @@ columns, and no label (CoLA's test file has a header though its train/dev files 
 is built without the ``Quality`` column). They load with the placeholder label
 :data:`~.base.UNLABELLED` and the row's index under :data:`~.base.INDEX_COLUMN`; only
 ``ssmlora predict`` with ``data.predict_splits: test`` serves them, and never to a metric.
+
+Options for comparing with the SDLoRA paper (:mod:`~.glue_sdlora`): ``protocol: tvt`` (validation
+= a seeded 20% of train, test = the official dev split) and the causal-LM objective, where the
+model writes the class's label word (``data.objective: causal_lm``; every task but STS-B).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.tasks.base import INDEX_COLUMN, UNLABELLED, Task
+from ssmlora_app.tasks.benchmark import tvt_split
+from ssmlora_app.tasks.glue_sdlora import label_word_options, label_word_rows
 from ssmlora_app.tasks.registry import register_task
 
 HUB_ID = "nyu-mll/glue"
@@ -94,8 +100,43 @@ class GlueTask(Task):
 
     name: GlueName = "sst2"
     """Which GLUE task."""
+    protocol: Literal["official", "tvt"] = "official"
+    """``official``: train on train, select and report on the dev split(s) (the test labels are
+    hidden). ``tvt`` (the SDLoRA repository's): validation = a seeded 20% of train, ``ssmlora
+    test`` = the official dev split (MNLI: matched and mismatched together)."""
+    label_words: tuple[str, ...] | None = None
+    """Causal LM: the word written for each class, in class-id order; null: the class ids as
+    digits (``0``, ``1``, ``2``), as the SDLoRA repository."""
+    instruction: str | None = None
+    """Causal LM: the text before the example; null: the SDLoRA repository's (promptbench's,
+    which names the digit label words); ``""``: none."""
+    out_of_class: Literal["wrong", "drop"] = "wrong"
+    """Causal LM: an answer that is no label word counts as ``wrong``, or is left out of the
+    metrics (``drop``, the SDLoRA repository's rule); its share is logged as ``out_of_class``."""
 
-    submission: ClassVar[bool] = True
+    lm_eval: ClassVar[str] = "label_words"
+    max_new_tokens: ClassVar[int] = 4
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """Classification; and for every task but STS-B (a score) the label-word causal LM."""
+        return ("classification",) if self.is_regression else ("classification", "causal_lm")
+
+    @property
+    def lm_metrics(self) -> tuple[str, ...]:
+        return self.metrics
+
+    @property
+    def submission(self) -> bool:
+        """GLUE's unlabelled test splits, except under ``tvt`` (there ``test`` is the dev set)."""
+        return self.protocol == "official"
+
+    @property
+    def test_split(self) -> bool:
+        return self.protocol == "tvt"
+
+    def metric_options(self, data_dir: str | None) -> dict | None:
+        return None if self.is_regression else label_word_options(self)
 
     @property
     def spec(self) -> GlueSpec:
@@ -115,7 +156,7 @@ class GlueTask(Task):
 
     @property
     def eval_splits(self) -> tuple[str, ...]:
-        return self.spec.eval_splits
+        return ("validation",) if self.protocol == "tvt" else self.spec.eval_splits
 
     @property
     def label_names(self) -> tuple[str, ...] | None:
@@ -128,7 +169,10 @@ class GlueTask(Task):
     def prediction_file(self, split: str) -> str:
         """GLUE's submission names (``SST-2.tsv``, ``MNLI-m.tsv``, ``AX.tsv``) for its unlabelled
         test splits only, so dev predictions never pass for (or overwrite) a submission file:
-        dev splits are ``<folder>_<split>.tsv`` (``SST-2_validation.tsv``)."""
+        dev splits are ``<folder>_<split>.tsv`` (``SST-2_validation.tsv``); under ``tvt`` every
+        split is (``test`` is the dev set there)."""
+        if self.protocol == "tvt":
+            return f"{self.folder}_{split}.tsv"
         if split == AX_SPLIT:
             return "AX.tsv"
         suffixes = {"test": "", "test_matched": "-m", "test_mismatched": "-mm"}
@@ -139,12 +183,13 @@ class GlueTask(Task):
         """The unlabelled test splits, one per evaluation split (``test``; MNLI
         ``test_matched``, ``test_mismatched``); MNLI's AX (:data:`AX_SPLIT`) comes on top when
         found (see :meth:`submission_splits`)."""
-        return tuple(s.replace("validation", "test") for s in self.eval_splits)
+        return tuple(s.replace("validation", "test") for s in self.spec.eval_splits)
 
     def local_files(self) -> dict[str, str]:
-        """Split name -> file name in the task folder (train and evaluation splits)."""
+        """Split name -> file name in the task folder (train and the official evaluation
+        splits)."""
         files = {"train": "train.tsv"}
-        for split in self.eval_splits:
+        for split in self.spec.eval_splits:
             files[split] = split.replace("validation", "dev") + ".tsv"
         return files
 
@@ -203,18 +248,32 @@ class GlueTask(Task):
             return
         folder = self.task_dir(data_dir)
         files = self.local_files()
-        eval_files = [files[s] for s in self.eval_splits]
+        eval_files = [files[s] for s in self.spec.eval_splits]
+        if self.protocol == "tvt":  # its validation comes from train
+            eval_files.append(files["train"])
         if not folder.is_dir() or not all((folder / f).is_file() for f in eval_files):
             raise SsmloraError(
                 f"data.data_dir={data_dir!r} has no {self.name} files: expected "
                 f"{folder}/{{{', '.join(files.values())}}} (the original GLUE TSV layout; train.tsv "
-                "may be absent for validate/test), or a GLUE root with a "
+                "may be absent for validate/test, except under protocol tvt), or a GLUE root with a "
                 f"{self.folder}/ folder. Set data.data_dir: null to load {HUB_ID} from the hub."
             )
 
     def load_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
         """Columns ``text_a``, ``text_b``, ``label`` (see :class:`~.base.Task`); a test split
-        (unlabelled) has the placeholder label and the row's own index (see the module's doc)."""
+        (unlabelled) has the placeholder label and the row's own index (see the module's doc).
+        Under ``tvt``: ``train``/``validation`` cut from the official train, ``test`` the dev."""
+        if self.protocol == "tvt":
+            if split == "test":
+                parts = [self._load_official(s, data_dir) for s in self.spec.eval_splits]
+                return datasets.concatenate_datasets(parts)
+            if split not in ("train", "validation"):
+                raise SsmloraError(f"{self.name} (protocol tvt): unknown split {split!r}.")
+            return tvt_split(self._load_official("train", data_dir), split)
+        return self._load_official(split, data_dir)
+
+    def _load_official(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        """An official split (the hub's names) as ``text_a``, ``text_b``, ``label``."""
         if split in self.test_splits or split == AX_SPLIT:
             return self._load_test(split, data_dir)
         if data_dir is None:
@@ -321,6 +380,14 @@ class GlueTask(Task):
             self.features(test=True),
             f"a GLUE test TSV with an integer {index!r}",
         )
+
+    def load_lm_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        """The causal-LM rows: the label-word format of :mod:`~.glue_sdlora`."""
+        if self.is_regression:
+            raise SsmloraError(
+                f"{self.name} is scored as a number: use data.objective classification."
+            )
+        return label_word_rows(self, self.load_split(split, data_dir))
 
     def parse_label(self, value: str) -> int | float:
         if self.is_regression:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +26,8 @@ import datasets
 from transformers import PreTrainedTokenizerFast
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.scoring import ScoringError
+from ssmlora_app.scoring.leval import gold_letters, parse_options
 from ssmlora_app.tasks.base import Task
 from ssmlora_app.tasks.registry import register_task
 from ssmlora_app.tasks.vocab import byte_tokenizer
@@ -150,15 +151,19 @@ def _row(document: str, prompt: str, target: str, choices=(), label=-1, referenc
     }
 
 
-_OPTION = re.compile(r"\n\s*\(([A-D])\)\s*")
-
-
 def parse_quality_instruction(text: str) -> tuple[str, list[str]]:
-    """L-Eval QuALITY instruction -> (question, [option A, B, C, D])."""
-    parts = _OPTION.split(text)
-    if len(parts) != 9 or parts[1::2] != ["A", "B", "C", "D"]:
-        raise SsmloraError(f"QuALITY instruction without options (A)-(D): {text[:80]!r}")
-    return parts[0].strip(), [p.strip() for p in parts[2::2]]
+    """An L-Eval exam instruction -> (question, [option A, B, ...]): options written ``(A) …``
+    (QuALITY) or ``A. …`` (Coursera, TPO), two to four of them."""
+    try:
+        question, options = parse_options(text)
+    except ScoringError as err:
+        raise SsmloraError(
+            f"A multiple-choice instruction needs options (A) … or A. … one per line: {err}. "
+            "Files without options (GSM, sci-fi, topic retrieval) are the leval_exam task's."
+        ) from None
+    if len(options) > 4:
+        raise SsmloraError(f"More than four options (A-D) in {text[:80]!r}.")
+    return question, options
 
 
 def multiple_choice_prompt(question: str, options: list[str]) -> str:
@@ -170,7 +175,8 @@ def multiple_choice_prompt(question: str, options: list[str]) -> str:
 @dataclass(frozen=True)
 class QualityTask(_LongContextTask):
     """QuALITY: a long article, a question and four options; the option with the highest
-    log-likelihood (its text after ``Answer:``) is the prediction; accuracy."""
+    log-likelihood (its text after ``Answer:``) is the prediction; accuracy. Other L-Eval files
+    with one right option each read the same way (TPO's ``A. …`` options, a bare letter)."""
 
     name: ClassVar[str] = "quality"
     file: str = "closed-ended/quality.jsonl"
@@ -191,10 +197,17 @@ class QualityTask(_LongContextTask):
         rows = []
         for instruction, output in zip(doc["instructions"], doc["outputs"], strict=True):
             question, options = parse_quality_instruction(instruction)
-            match = re.match(r"\s*\(([A-D])\)", output)
-            if match is None:
-                raise SsmloraError(f"QuALITY output without a letter: {output[:80]!r}")
-            rows.append(self.example(doc["input"], question, options, "ABCD".index(match[1])))
+            try:
+                gold = gold_letters(output)
+            except ScoringError as err:
+                raise SsmloraError(f"{self.name}: {err}.") from None
+            if len(gold) > 1 or "ABCD".index(gold) >= len(options):
+                raise SsmloraError(
+                    f"{self.name}: the answer {gold!r} is not one of the {len(options)} options of "
+                    f"{instruction[:60]!r}; several right options are the leval_exam task's "
+                    "(generated letters, L-Eval's set scoring)."
+                )
+            rows.append(self.example(doc["input"], question, options, "ABCD".index(gold)))
         return rows
 
     def hub_rows(self, split: str) -> list[dict]:

@@ -6,6 +6,9 @@ predictions, also the arg-max option of causal-LM multiple choice. Text metrics 
 strings. Teacher-forced metrics (``token_accuracy``, ``sequence_accuracy``, ``bits_per_byte``) take
 per-example sums from the module (see :func:`teacher_forced_stats`).
 
+The generation benchmarks' metrics (``bleu``, ``meteor``, Spider's ``exact_set_match`` and
+``execution_accuracy``, L-Eval's ``exam_score``) are in :mod:`ssmlora_app.tasks.benchmark_metrics`.
+
 Grouped tasks (MultiRC: one example per answer option, grouped by question) also pass each
 example's group id as ``update(preds, target, groups=...)``; a metric collection hands ``groups``
 only to the metrics whose ``update`` takes it. There ``exact_match`` is :class:`GroupedExactMatch`
@@ -32,6 +35,7 @@ from torchmetrics.text import ROUGEScore
 from torchmetrics.utilities import dim_zero_cat
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.tasks.benchmark_metrics import BENCHMARK_METRICS, benchmark_metric
 
 TEACHER_FORCED_METRICS = ("token_accuracy", "sequence_accuracy", "bits_per_byte")
 
@@ -203,7 +207,10 @@ def teacher_forced_stats(
     return nll, correct, mask.sum(1)
 
 
-def _metric(name: str, num_labels: int, grouped: bool = False) -> Metric:
+def metric(
+    name: str, num_labels: int, grouped: bool = False, options: dict | None = None
+) -> Metric:
+    """A fresh metric called ``name`` (the arguments as :func:`build_metrics`'s)."""
     if name == "accuracy":
         # micro = the fraction of correct predictions (torchmetrics defaults to macro)
         return MulticlassAccuracy(num_classes=num_labels, average="micro")
@@ -227,17 +234,25 @@ def _metric(name: str, num_labels: int, grouped: bool = False) -> Metric:
         return GroupedExactMatch() if grouped else ExactMatch()
     if name in TEACHER_FORCED_METRICS:
         return TeacherForced(name)
+    if name in BENCHMARK_METRICS:
+        return benchmark_metric(name, options)
     raise ValueError(f"unknown metric {name!r}")
 
 
 def build_metrics(
-    names: tuple[str, ...], num_labels: int, prefix: str, grouped: bool = False
+    names: tuple[str, ...],
+    num_labels: int,
+    prefix: str,
+    grouped: bool = False,
+    options: dict | None = None,
 ) -> MetricCollection:
     """A fresh collection (one per stage and dataloader), logged as ``{prefix}/{name}``.
 
     ``grouped``: the examples come in groups (see :class:`~.base.TaskInfo`); ``exact_match`` is
     then :class:`GroupedExactMatch` over class ids, which the module updates with ``groups=``.
+    ``options``: the task's :attr:`~.base.TaskInfo.metric_options`, read by the benchmarks'
+    metrics (:mod:`ssmlora_app.tasks.benchmark_metrics`).
     """
     return MetricCollection(
-        {n: _metric(n, num_labels, grouped) for n in names}, prefix=f"{prefix}/"
+        {n: metric(n, num_labels, grouped, options) for n in names}, prefix=f"{prefix}/"
     )

@@ -177,8 +177,13 @@ class SuperGlueTask(Task):
     name: SuperGlueName = "boolq"
     """Which SuperGLUE task."""
 
-    objectives: ClassVar[tuple[str, ...]] = ("classification", "causal_lm")
     lm_eval: ClassVar[str] = "choice"
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """COPA's two options are also scored jointly by an encoder (``multiple_choice``)."""
+        both = ("classification", "causal_lm")
+        return (*both, "multiple_choice") if self.key == "copa" else both
 
     @property
     def spec(self) -> SuperGlueSpec:
@@ -270,6 +275,19 @@ class SuperGlueTask(Task):
             )
             if self.grouped:
                 rows[-1][GROUP_COLUMN] = r[GROUP_COLUMN]
+        return datasets.Dataset.from_list(rows)
+
+    def load_choice_split(self, split: str, data_dir: str | None) -> datasets.Dataset:
+        """COPA: the premise, the question it asks and the two alternatives."""
+        if self.key != "copa":
+            return super().load_choice_split(split, data_dir)
+        rows = []
+        for r in self.records(split, data_dir):
+            question = (
+                "What was the cause?" if r["question"] == "cause" else "What happened as a result?"
+            )
+            rows.append({"context": r["premise"], "question": question,
+                         "choices": [r["choice1"], r["choice2"]], "label": int(r["label"])})  # fmt: skip
         return datasets.Dataset.from_list(rows)
 
     def builtin_tokenizer(self):
