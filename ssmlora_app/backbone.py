@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+import yaml
+from huggingface_hub.errors import StrictDataclassError
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from transformers import (
@@ -68,6 +70,8 @@ class BackboneConfig:
             )
         if self.config is not None and "model_type" not in self.config:
             raise SsmloraError("model.backbone.config needs a model_type (e.g. roberta).")
+        if self.config is not None:  # a value set on the command line arrives as text: '32'
+            self.config = {k: _yaml_scalar(v) for k, v in self.config.items()}
         if self.gguf_file is not None and self.name_or_path is None:
             raise SsmloraError(
                 "model.backbone.gguf_file needs model.backbone.name_or_path: the folder or hub "
@@ -93,6 +97,18 @@ class BackboneConfig:
         if self.gguf_file is not None:
             kwargs["gguf_file"] = self.gguf_file
         return kwargs
+
+
+def _yaml_scalar(value):
+    """A config-dict value given as text (``--model.backbone.config.hidden_size=32``) read as YAML
+    reads it (32), when that gives a number or a boolean; anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if isinstance(parsed, int | float | bool) else value
 
 
 def expand_path(value: str | None) -> str | None:
@@ -153,7 +169,11 @@ def _build(
             fields.setdefault("pad_token_id", pad_token_id)
         for name, value in tokenizer_fields.items():
             fields.setdefault(name, value)
-        config = AutoConfig.for_model(model_type, **{**defaults, **fields, **overrides})
+        try:
+            config = AutoConfig.for_model(model_type, **{**defaults, **fields, **overrides})
+        except (ValueError, TypeError, KeyError, StrictDataclassError) as err:
+            reason = " ".join(str(err).split())  # transformers' checks of the config's fields
+            raise SsmloraError(f"model.backbone.config: {reason}") from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(backbone.init_seed)
             return wrap(auto_cls.from_config(config))

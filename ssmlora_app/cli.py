@@ -6,7 +6,6 @@ import importlib
 import inspect
 import os
 import sys
-import warnings
 from argparse import SUPPRESS
 from collections.abc import Callable
 from functools import partial
@@ -16,23 +15,32 @@ from typing import Literal
 import torch
 from jsonargparse import auto_cli, set_parsing_settings
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ssmlora_app import preflight
 from ssmlora_app.adapters import ADAPTERS, AdapterConfig
 from ssmlora_app.backbone import expand_path
 from ssmlora_app.callbacks import (
+    SIGTERM_EXIT_CODE,
     AdapterDiagnostics,
     CheckpointOnSigterm,
     ExportAdapter,
     FitSummary,
     LRMonitor,
     NanGuard,
+    ParameterSummary,
     PredictionWriter,
+    RunCheckpoint,
+    quiet_progress_bar,
 )
+from ssmlora_app.console import CliParser, ToolParser, silence_library_noise
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.module import AdapterModule
+from ssmlora_app.run import RunRecord, check_fits
 from ssmlora_app.tasks import Task
 
 LEGACY_KEYS = ("hrm_diagnostics", "ssmlora_diagnostics", "sdt_selection")
@@ -77,7 +85,29 @@ def _check_writable(folder: str | None) -> None:
         )
 
 
+class RunConfigSaver(SaveConfigCallback):
+    """Lightning's config saver, silent where a command has no run folder to write into (an
+    evaluation of a model outside a run: nothing is written to the current directory)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" or trainer.loggers:
+            super().setup(trainer, pl_module, stage)
+
+
 class SsmloraCLI(LightningCLI):
+    """LightningCLI with the checks of :mod:`ssmlora_app.preflight` between parsing and any work,
+    the run-folder placement, and the removal of a failed fit's empty run folder."""
+
+    _checkpoint = None
+    _placement = preflight.Placement(None)
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces Lightning's reading of the checkpoint's hyperparameters (ours keep them apart,
+        and Lightning's reader gives a traceback for a bad file): the one-line checks instead."""
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._checkpoint = preflight.resolve_ckpt_path(self.config[subcommand], subcommand)
+
     def instantiate_trainer(self, **kwargs):
         """Lightning checks accelerator/strategy/precision combinations here: report them as bad
         input (one line, before anything is loaded) rather than as a stack trace."""
@@ -86,24 +116,86 @@ class SsmloraCLI(LightningCLI):
         except (MisconfigurationException, ValueError) as err:
             raise SsmloraError(f"trainer settings: {err}") from None
 
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        """The default progress bar without the logger's version (``v_num``), and a one-line
+        parameter summary instead of Lightning's table (whose FLOPs column reads 0)."""
+        given = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in given
+        ):
+            callbacks.append(quiet_progress_bar())
+        if config.get("enable_model_summary") is not False and not any(
+            isinstance(c, ModelSummary) for c in given
+        ):
+            callbacks.append(ParameterSummary())
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        subcommand = self.subcommand
+        config = self.config.get(subcommand) if subcommand else self.config
         if config is None:
             return
+        if subcommand in LIGHTNING_COMMANDS:
+            preflight.check_init_adapter_from(config.model)
+        if subcommand == "fit":
+            preflight.check_trainer_limits(config.trainer)
+            preflight.check_optimizer(config.model)
+            if self._checkpoint is not None:
+                preflight.check_resume_trains(self._checkpoint, config.trainer)
+            self._placement = preflight.place_fit(config, self._checkpoint)
+        elif subcommand in LIGHTNING_COMMANDS:
+            self._placement = preflight.place_evaluation(config, subcommand, self._checkpoint)
         trainer = config.get("trainer", {})
         logger = trainer.get("logger")
         loggers = logger if isinstance(logger, list) else [logger]
         for item in loggers:
             init_args = getattr(item, "init_args", None) or {}
             _check_writable(getattr(init_args, "save_dir", None) if init_args else None)
-        _check_writable(trainer.get("default_root_dir"))
+        if subcommand == "fit" or self._placement.run is not None:
+            _check_writable(trainer.get("default_root_dir"))
         precision = config.get("float32_matmul_precision")
         if precision is not None:  # a process-wide torch setting; only CUDA reads it today
             torch.set_float32_matmul_precision(precision)
 
+    def _check_model(self) -> None:
+        """The instantiated model against the checkpoint (task, classes, backbone, adapter) and,
+        for an evaluation, against the adapter folder it starts from."""
+        model = self.model
+        record = RunRecord(model.backbone_config, model.adapter_config, model.task_info)
+        if self._checkpoint is not None:
+            check_fits(self._checkpoint, record)
+        elif self.subcommand != "fit" and model.init_adapter_from is not None:
+            preflight.check_adapter_head(model)
+
+    def before_fit(self) -> None:
+        self._check_model()
+        run = self._placement.run
+        if not self.trainer.loggers and run is not None and not self._placement.resume:
+            # No logger writes hparams.yaml: the run folder still records its run.
+            save_hparams_to_yaml(run.hparams_path, dict(self.model.hparams))
+
+    def before_validate(self) -> None:
+        self._check_model()
+
+    def before_test(self) -> None:
+        self._check_model()
+
+    def before_predict(self) -> None:
+        self._check_model()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException:
+            raise
+        except BaseException:
+            if subcommand == "fit":
+                preflight.remove_failed_run(self._placement)
+            raise
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Callbacks every run has, each configurable in YAML under its own key.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(LRMonitor, "lr_monitor")
         parser.add_lightning_class_args(ExportAdapter, "export")
@@ -112,6 +204,13 @@ class SsmloraCLI(LightningCLI):
         parser.add_lightning_class_args(NanGuard, "nan_guard")
         parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_argument(
+            "--allow_untrained",
+            type=bool,
+            default=False,
+            help="validate/test/predict without --ckpt_path or --model.init_adapter_from: "
+            "evaluate the untrained adapter and head on purpose (refused otherwise).",
+        )
         for key in LEGACY_KEYS:  # in the config.yaml of runs made before the adapter contract
             parser.add_argument(f"--{key}", type=dict | bool | None, default=None, help=SUPPRESS)
         parser.add_argument(
@@ -194,7 +293,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SsmloraCLI:
         AdapterModule,
         TaskDataModule,
         auto_configure_optimizers=False,
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
+        parser_class=CliParser,
+        parser_kwargs={"prog": "ssmlora"},
         trainer_defaults=TRAINER_DEFAULTS,
         args=args,  # None: Lightning reads sys.argv itself
         run=run,
@@ -202,26 +304,40 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SsmloraCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``ssmlora`` console script."""
+    """Entry point of the ``ssmlora`` console script. Exit codes: 0 done, 2 bad input (one
+    ``ssmlora: error:`` line), 143 stopped by SIGTERM after saving a checkpoint (requeue it)."""
     argv = sys.argv[1:] if args is None else list(args)
     set_parsing_settings(
         subclasses_enabled=[AdapterConfig, Task], docstring_parse_attribute_docstrings=True
     )
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    silence_library_noise()
     if argv in ([], ["-h"], ["--help"]):
         print_help()
         sys.exit(0)
     try:
         commands = extra_commands()
         if argv[0] in commands:
-            auto_cli(
-                commands[argv[0]](),
-                args=argv[1:],
-                as_positional=False,
-                prog=f"ssmlora {argv[0]}",
-            )
+            try:
+                auto_cli(
+                    commands[argv[0]](),
+                    args=argv[1:],
+                    as_positional=False,
+                    parser_class=ToolParser,
+                    prog=f"ssmlora {argv[0]}",
+                )
+            except SsmloraError as err:
+                # The backbone's checks name fit's options (model.backbone.X); here it is --backbone.X.
+                raise SsmloraError(str(err).replace("model.backbone.", "--backbone.")) from None
             return
-        build_cli(None if args is None else argv)
+        if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
+            known = ", ".join([*LIGHTNING_COMMANDS, *commands])
+            raise SsmloraError(
+                f"unknown command {argv[0]!r}; the commands: {known} (ssmlora --help)."
+            )
+        preflight.check_config_files(argv[1:])
+        build_cli(argv)
     except SsmloraError as err:
         print(f"ssmlora: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        sys.exit(SIGTERM_EXIT_CODE)

@@ -22,7 +22,7 @@ def build_model(
     method = get_method(adapter.adapter_type)
     load_kwargs = method.backbone_kwargs(adapter) if method.backbone_kwargs is not None else None
     model = objective.build_model(backbone, load_kwargs)
-    objective.check_lengths(model)
+    objective.check_lengths(model, extra=method.extra_positions(adapter))
     # from_pretrained returns the model in eval mode and Lightning keeps submodules' modes:
     # without this the frozen backbone would fine-tune with its dropout off. Trained in train
     # mode as peft and HF Trainer do (model.backbone.dropout: false zeroes its dropout instead).

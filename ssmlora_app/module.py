@@ -90,6 +90,9 @@ class AdapterModule(L.LightningModule):
             self.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+        self.init_adapter_from = init_adapter_from
+        self.head_loaded: bool | None = None
+        """Whether ``init_adapter_from``'s head was loaded (None: no such folder given)."""
         if init_adapter_from is not None:
             self._init_from(init_adapter_from)
         self.strict_loading = False  # checkpoints omit the frozen backbone
@@ -103,9 +106,11 @@ class AdapterModule(L.LightningModule):
     def _init_from(self, directory: str) -> None:
         try:
             load_adapter(self.model, directory, load_head=True)
+            self.head_loaded = True
         except SsmloraError as err:  # e.g. an MNLI head (3 labels) for a 2-label task
             rank_zero_warn(f"Loading {directory} without its head: {err}")
             load_adapter(self.model, directory, load_head=False)
+            self.head_loaded = False
 
     def _metrics(self, stage: str) -> torch.nn.ModuleList:
         return torch.nn.ModuleList(

@@ -402,7 +402,7 @@ def test_predict_writes_answers_of_a_generate_task_with_escaped_tsv(tmp_path):
             "eval_batch_size": 2}  # fmt: skip
     config = _config(tmp_path, data, TINY_LLAMA, LORA)
     out = tmp_path / "preds"
-    preds = _predict(config, out)  # an untrained adapter (LoRA's B = 0): the backbone answers
+    preds = _predict(config, out, "--allow_untrained=true")  # LoRA's B = 0: the backbone answers
     tokenizer = byte_tokenizer()
     backbone = BackboneConfig(config=TINY_LLAMA)
     plain = build_causal_lm(

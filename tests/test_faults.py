@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from ssmlora_app.adapters import LoRAConfig
 from ssmlora_app.backbone import BackboneConfig
-from ssmlora_app.callbacks import NanGuard, NonFiniteLossError
+from ssmlora_app.callbacks import SIGTERM_EXIT_CODE, NanGuard, NonFiniteLossError
 from ssmlora_app.checkpoint_io import AtomicCheckpointIO
 from ssmlora_app.data.datamodule import TaskDataModule
 from ssmlora_app.module import AdapterModule
@@ -121,6 +121,7 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file(), output
     assert "SIGTERM: checkpoint saved" in output
+    assert process.returncode == SIGTERM_EXIT_CODE == 143, output  # the requeue convention
     checkpoint = torch.load(last, weights_only=True)
     assert 0 < checkpoint["global_step"] < 100 * 63
 

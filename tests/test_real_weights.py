@@ -23,6 +23,7 @@ from ssmlora_app.adapters import (
     FullFinetuneConfig,
     HRMConfig,
     LoRAConfig,
+    PeftConfig,
     SSMLoRAConfig,
     adapter_state_dict,
     generation_context,
@@ -163,9 +164,33 @@ def test_decoder_adapter_on_real_weights(smollm2, tmp_path, name):
     _check_adapter(model.eval(), batch, expected, tmp_path, lambda: _decoder(smollm2)[0])
 
 
-def _check_adapter(model, batch, expected, tmp_path, fresh):
+PEFT_ENCODER = {
+    "dora": {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": True,
+             "target_modules": ["query", "value"]},
+    "prompt_tuning": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8},
+}  # fmt: skip
+"""``peft``'s methods through the ``peft`` adapter on the real encoder: DoRA (zero at init) and
+prompt tuning (virtual tokens: not zero at init)."""
+
+
+@pytest.mark.parametrize("name", list(PEFT_ENCODER))
+def test_peft_adapter_on_real_weights(minilm, tmp_path, name):
+    base, tokenizer = _encoder(minilm)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, expected, atol=1e-5, rtol=0)
+        expected = base(**batch).logits
+    model = inject_adapters(copy.deepcopy(base), PeftConfig(peft_config=PEFT_ENCODER[name]))
+    _check_adapter(model.eval(), batch, expected, tmp_path, lambda: _encoder(minilm)[0],
+                   zero_at_init=name != "prompt_tuning")  # fmt: skip
+
+
+def _check_adapter(model, batch, expected, tmp_path, fresh, zero_at_init=True):
+    with torch.no_grad():
+        initial = model(**batch).logits
+    if zero_at_init:
+        torch.testing.assert_close(initial, expected, atol=1e-5, rtol=0)
+    else:  # the virtual tokens act from the start
+        assert (initial - expected).abs().max() > 1e-4
     _randomise(model)
     # Gradients reach every trainable tensor and nothing else trains.
     model.zero_grad()

@@ -188,6 +188,7 @@ def predict(tmp_path, config: str, *extra: str) -> Path:
             f"--trainer.logger.init_args.save_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
             f"--predictions.output_dir={out}",
+            "--allow_untrained=true",
             *extra,
         ]
     )

@@ -17,7 +17,7 @@ from ssmlora_app.adapters.inject import (
 )
 from ssmlora_app.adapters.io import load_adapter, read_adapter_config, save_adapter
 from ssmlora_app.adapters.merge import merge_adapters, merge_and_unload, unmerge_adapters
-from ssmlora_app.adapters.method import AdapterMethod, BenchSettings, Diagnostics
+from ssmlora_app.adapters.method import AdapterMethod, AdapterState, BenchSettings, Diagnostics
 from ssmlora_app.adapters.registry import (
     ADAPTERS,
     adapter_config,
@@ -25,6 +25,7 @@ from ssmlora_app.adapters.registry import (
     default_adapter_config,
     generation_context,
     get_method,
+    lm_training_loss,
     method_of,
     register_adapter,
 )
@@ -42,12 +43,15 @@ from ssmlora_app.adapters.additional_scan import AdditionalScanConfig  # isort: 
 from ssmlora_app.adapters.ssm_prefix import SSMPrefixConfig  # isort: skip
 from ssmlora_app.adapters.layer_freeze import LayerFreezeConfig  # isort: skip
 from ssmlora_app.adapters.mamba_lora import MambaLoRAConfig  # isort: skip
+from ssmlora_app.adapters.peft_adapter import PeftConfig  # isort: skip
+from ssmlora_app.adapters.qlora import QLoRAConfig  # isort: skip
 
 __all__ = [
     "ADAPTERS",
     "AdapterConfig",
     "AdapterLayer",
     "AdapterMethod",
+    "AdapterState",
     "AdditionalScanConfig",
     "BenchSettings",
     "BitFitConfig",
@@ -61,6 +65,8 @@ __all__ = [
     "LoRAConfig",
     "LoRALinear",
     "MambaLoRAConfig",
+    "PeftConfig",
+    "QLoRAConfig",
     "SDTConfig",
     "SSMLoRAConfig",
     "SSMLoRALinear",
@@ -75,6 +81,7 @@ __all__ = [
     "generation_context",
     "get_method",
     "inject_adapters",
+    "lm_training_loss",
     "load_adapter",
     "merge_adapters",
     "merge_and_unload",

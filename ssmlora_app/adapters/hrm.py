@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from ssmlora_app.adapters.base import AdapterConfig
-from ssmlora_app.adapters.hrm_layers import HRMLayer, HRMModalLayer, hrm_layers
+from ssmlora_app.adapters.hrm_layers import HRMLayer, HRMModalLayer, carried_state, hrm_layers
 from ssmlora_app.adapters.hrm_reduce import reduce_command
+from ssmlora_app.adapters.hrm_tbptt import tbptt_loss
 from ssmlora_app.adapters.method import AdapterMethod, BenchSettings, Diagnostics
 from ssmlora_app.adapters.registry import register_adapter
 from ssmlora_app.adapters.targets import find_config_targets, replace_module
@@ -76,6 +77,25 @@ class HRMConfig(AdapterConfig):
     dt_max: float = 1e-1
     """Upper end of the log-uniform initial step ``Δ``."""
 
+    dt_clamp: bool = False
+    """Clamp ``Δ`` to ``[dt_min, dt_max]`` in every forward, as the HRM reference code does (for
+    runs that must match it). Off by default: a hard clamp zeroes Δ's gradient outside the range,
+    so a step that leaves it can never come back."""
+
+    tbptt_chunk: int | None = None
+    """Train causal-LM sequences longer than this in chunks of this many tokens (truncated BPTT,
+    :mod:`ssmlora_app.adapters.hrm_tbptt`): the SSM state and the attention's KV cache carried
+    from chunk to chunk, detached, so activation memory is one chunk's; the loss value is the
+    whole sequence's. None: one forward."""
+
+    state_clip: float | None = None
+    """Largest norm of the SSM state carried across chunks (and across KV-cached decode steps),
+    per example; None: no clip."""
+
+    freeze_gate: bool = False
+    """Keep the gate ``g`` at ``gate_init`` (the HRM reference's frozen-gate ablation): the SSM
+    trains, its output scale does not. With ``gate_init: 0`` the adapter then has no effect."""
+
     scan: str = "fft"
     """``fft`` (exact FFT convolution, fast) or ``sequential`` (the reference recurrence)."""
 
@@ -102,6 +122,18 @@ class HRMConfig(AdapterConfig):
             )
         if self.train not in ("all", "gate"):
             raise SsmloraError(f"HRM train must be 'all' or 'gate', got {self.train!r}.")
+        if self.tbptt_chunk is not None and (
+            not isinstance(self.tbptt_chunk, int) or self.tbptt_chunk <= 0
+        ):
+            raise SsmloraError(
+                f"HRM tbptt_chunk must be a positive integer, got {self.tbptt_chunk!r}."
+            )
+        if self.state_clip is not None and not self.state_clip > 0:
+            raise SsmloraError(f"HRM state_clip must be positive, got {self.state_clip!r}.")
+        if self.freeze_gate and self.train == "gate":
+            raise SsmloraError(
+                "HRM freeze_gate with train: gate would train nothing; choose one of them."
+            )
         if self.scan not in SCAN_METHODS:
             raise SsmloraError(f"HRM scan must be one of {SCAN_METHODS}, got {self.scan!r}.")
         if self.modal and not self.state_sizes:
@@ -173,25 +205,25 @@ def inject_hrm(model: nn.Module, config: HRMConfig, skip: Sequence[str]) -> list
             size = (config.state_sizes or {}).get(name, config.d_state)
             layer = HRMLayer(
                 base, d_model, size, gate_init=config.gate_init, dt_min=config.dt_min,
-                dt_max=config.dt_max, scan=config.scan, post_ln=post_ln, device=device,
+                dt_max=config.dt_max, dt_clamp=config.dt_clamp, scan=config.scan,
+                post_ln=post_ln, device=device,
             )  # fmt: skip
         if config.train == "gate":  # e.g. fine-tune a reduced adapter's gates only
             for param_name, param in layer.named_parameters():
                 if not param_name.startswith("base_layer.") and param_name != "gate":
                     param.requires_grad_(False)
+        if config.freeze_gate:  # the frozen-gate ablation: g stays at gate_init
+            layer.gate.requires_grad_(False)
+        layer.state_clip = config.state_clip
         replace_module(model, name, layer)
     return names
 
 
 @contextlib.contextmanager
 def hrm_generation(model: nn.Module) -> Iterator[nn.Module]:
-    """Carry each HRM layer's SSM state across forward calls, for KV-cached generation.
-
-    With a KV cache, each decode call sees only the new tokens; the SSM must continue from the
-    state the previous call ended in (the prefill's last state, then each step's). Use one
-    context per ``generate`` call, with ``use_cache=True``; without a cache the model re-reads the
-    whole sequence each step and must run outside this context. States start at zero on entry and
-    are dropped on exit.
+    """The method's ``generation`` hook: each HRM layer's SSM state carried across the KV-cached
+    decode calls of one ``generate`` (:func:`~ssmlora_app.adapters.hrm_layers.carried_state`:
+    zero on entry, dropped on exit; use ``use_cache=True``).
 
     Beam search keeps one state per beam (the batch rows ``generate`` expands the prompt to) and
     reorders the rows with the KV cache after every step: ``generate`` calls the model's
@@ -199,9 +231,6 @@ def hrm_generation(model: nn.Module) -> Iterator[nn.Module]:
     duration (it reorders the states, then the cache as ``generate`` would have).
     """
     layers = list(hrm_layers(model).values())
-    for layer in layers:
-        layer.reset_state()
-        layer.stateful = True
     model_reorder = getattr(type(model), "_reorder_cache", None)  # a model's own (static) one
 
     def reorder_cache(cache, beam_idx: Tensor):
@@ -212,14 +241,12 @@ def hrm_generation(model: nn.Module) -> Iterator[nn.Module]:
         cache.reorder_cache(beam_idx)
         return cache
 
-    model._reorder_cache = reorder_cache
-    try:
-        yield model
-    finally:
-        del model._reorder_cache
-        for layer in layers:
-            layer.stateful = False
-            layer.reset_state()
+    with carried_state(model):
+        model._reorder_cache = reorder_cache
+        try:
+            yield model
+        finally:
+            del model._reorder_cache
 
 
 @dataclass
@@ -272,6 +299,7 @@ register_adapter(
         identity_at_init=False,  # the gate starts at gate_init (0.01); gate_init: 0 is exact
         diagnostics=diagnostics,
         generation=hrm_generation,
+        lm_loss=tbptt_loss,
         commands={"reduce": reduce_command},
         bench=_bench,
     )

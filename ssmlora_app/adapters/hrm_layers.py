@@ -11,7 +11,9 @@ modal form written by ``ssmlora reduce``. Both run through :func:`ssmlora_app.ss
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,15 +30,30 @@ def inverse_softplus(x: Tensor) -> Tensor:
     return x + torch.log(-torch.expm1(-x))
 
 
-def discretize(log_A: Tensor, log_dt: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+def discretize(
+    log_A: Tensor, log_dt: Tensor, B: Tensor, dt_range: tuple[float, float] | None = None
+) -> tuple[Tensor, Tensor]:
     """Zero-order hold of the adapter's continuous diagonal system (the HRM paper's discretisation).
 
     ``log_A, log_dt (d,)``, ``B (d, D)`` -> ``Ā = exp(Δ ⊙ a) (d,)`` and
-    ``B̄ = ((Ā − 1)/a)[:, None] ⊙ B (d, D)``, with ``a = −exp(log_A)``, ``Δ = softplus(log_dt)``.
+    ``B̄ = ((Ā − 1)/a)[:, None] ⊙ B (d, D)``, with ``a = −exp(log_A)``, ``Δ = softplus(log_dt)``,
+    clamped to ``dt_range = (dt_min, dt_max)`` when given (the HRM reference code's clamp; its
+    gradient is zero outside the range).
     """
     a = -torch.exp(log_A)  # (d,)
-    A_bar = torch.exp(F.softplus(log_dt) * a)  # (d,) in (0, 1)
+    dt = F.softplus(log_dt)  # (d,)
+    if dt_range is not None:
+        dt = dt.clamp(*dt_range)
+    A_bar = torch.exp(dt * a)  # (d,) in (0, 1)
     return A_bar, ((A_bar - 1) / a)[:, None] * B  # (d,), (d, D)
+
+
+def clip_norm(state: Tensor, max_norm: float | None) -> Tensor:
+    """``state (B, d)`` with each row's norm scaled down to at most ``max_norm`` (None: as is)."""
+    if max_norm is None:
+        return state
+    norms = torch.linalg.vector_norm(state, dim=-1, keepdim=True)  # (B, 1), |·| of complex modes
+    return state * (max_norm / norms.clamp(min=max_norm)).to(state.dtype)
 
 
 def _add(fresh: Tensor, other: Tensor) -> Tensor:
@@ -62,6 +79,12 @@ class HRMBypass(AdapterLayer):
         self.stateful = False
         """Carry the state across calls (KV-cached generation; see :func:`hrm_generation`)."""
         self._state: Tensor | None = None
+        self.state_clip: float | None = None
+        """Largest norm of the carried state per example (rescaled down to it when larger); None:
+        no clip. Applies only where the state is carried across calls (``stateful``)."""
+        self.tap: Callable[[Tensor, Tensor], None] | None = None
+        """Called as ``tap(u, y)`` with each forward's input and SSM output (calibration
+        statistics, :mod:`ssmlora_app.adapters.hrm_calibration`); None in training."""
 
     def system(self) -> tuple[Tensor, Tensor, Tensor]:
         """Discrete ``(Ā (d,), B̄ (d, D), C (D, d))``."""
@@ -77,7 +100,9 @@ class HRMBypass(AdapterLayer):
             prev = self._state if self.stateful else None
             y, state = lti_scan(u, A_bar, B_bar, C, state=prev, method=self.scan)
         if self.stateful:
-            self._state = state.detach()
+            self._state = clip_norm(state.detach(), self.state_clip)
+        if self.tap is not None:
+            self.tap(u, y)
         return y
 
     def bypass(self, u: Tensor) -> Tensor:
@@ -126,12 +151,15 @@ class HRMLayer(HRMBypass):
         gate_init: float = 0.01,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        dt_clamp: bool = False,
         scan: str = "fft",
         post_ln: bool = False,
         device: torch.device | str | None = None,
     ):
         super().__init__(base_layer, post_ln, scan)
         kw = {"device": device, "dtype": torch.float32}
+        self.dt_clamp = dt_clamp
+        """Clamp ``Δ`` to ``[dt_min, dt_max]`` in every forward (the HRM reference code's)."""
         self.log_A = nn.Parameter(torch.empty(d_state, **kw))
         self.log_dt = nn.Parameter(torch.empty(d_state, **kw))
         self.B = nn.Parameter(torch.empty(d_state, d_model, **kw))
@@ -155,7 +183,8 @@ class HRMLayer(HRMBypass):
         self.gate.fill_(self.gate_init)
 
     def system(self) -> tuple[Tensor, Tensor, Tensor]:
-        A_bar, B_bar = discretize(self.log_A, self.log_dt, self.B)
+        dt_range = self.dt_range if self.dt_clamp else None
+        A_bar, B_bar = discretize(self.log_A, self.log_dt, self.B, dt_range)
         return A_bar, B_bar, self.C
 
 
@@ -227,3 +256,26 @@ def modal_tensors(lam: Tensor, B: Tensor, C: Tensor, n_complex: int) -> dict[str
 def hrm_layers(model: nn.Module) -> dict[str, HRMBypass]:
     """The HRM layers of ``model`` by name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, HRMBypass)}
+
+
+@contextlib.contextmanager
+def carried_state(model: nn.Module) -> Iterator[nn.Module]:
+    """Carry each HRM layer's SSM state across forward calls (detached, clipped to the layer's
+    ``state_clip``): KV-cached generation and chunked truncated BPTT.
+
+    With a KV cache, each call sees only the new tokens; the SSM must continue from the state the
+    previous call ended in (the prefill's last state, then each step's). Use one context per
+    ``generate`` call (or per chunked sequence), with ``use_cache=True``; without a cache the
+    model re-reads the whole sequence each call and must run outside this context. States start at
+    zero on entry and are dropped on exit.
+    """
+    layers = list(hrm_layers(model).values())
+    for layer in layers:
+        layer.reset_state()
+        layer.stateful = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.stateful = False
+            layer.reset_state()

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ssmlora_app.adapters.hrm_layers import HRMLayer, discretize, hrm_layers, modal_tensors
+from ssmlora_app.adapters.hrm_calibration import (  # noqa: F401 (the calibration API, here too)
+    empirical_gramians,
+    empirical_observability_gramians,
+)
+from ssmlora_app.adapters.hrm_layers import discretize, modal_tensors
 from ssmlora_app.adapters.io import (
     config_record,
     read_adapter_config,
@@ -32,9 +36,9 @@ from ssmlora_app.adapters.io import (
 )
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.ssm.reduction import balanced_truncation, to_modal
-from ssmlora_app.ssm.scan import states_fft
 
 HSV_NAME = "hankel_singular_values.json"
+HSV_PLOT_NAME = "hankel_singular_values.png"
 REPORT_NAME = "reduction_report.json"
 
 
@@ -87,6 +91,7 @@ def reduce_hrm_adapter(
     out_dir: str | os.PathLike,
     gramians: Mapping[str, Tensor] | None = None,
     train: Literal["all", "gate"] = "all",
+    observability: Mapping[str, Tensor] | None = None,
 ) -> ReductionReport:
     """Reduce every layer of the HRM adapter in ``src_dir`` and write it to ``out_dir``.
 
@@ -96,8 +101,12 @@ def reduce_hrm_adapter(
         out_dir: Where to write the reduced adapter, ``hankel_singular_values.json`` and
             ``reduction_report.json``.
         gramians: Empirical controllability Gramians by layer name (from
-            :func:`empirical_gramians`) to use instead of the closed form.
+            :func:`~ssmlora_app.adapters.hrm_calibration.empirical_gramians`) to use instead of
+            the closed form.
         train: What a later fit from the reduced adapter trains (its config's ``train``).
+        observability: Empirical observability Gramians by layer name (from
+            :func:`~ssmlora_app.adapters.hrm_calibration.empirical_observability_gramians`)
+            to use instead of the closed form.
 
     Returns:
         The :class:`ReductionReport` (also written as JSON).
@@ -114,16 +123,18 @@ def reduce_hrm_adapter(
     layer_keys = {f"{n}.{p}" for n in names for p in ("log_A", "log_dt", "B", "C", "gate")}
     for name in names:
         p = {k: tensors[f"{name}.{k}"].double() for k in ("log_A", "log_dt", "B", "C", "gate")}
-        A_bar, B_bar = discretize(p["log_A"], p["log_dt"], p["B"])
+        dt_range = (config.dt_min, config.dt_max) if config.dt_clamp else None
+        A_bar, B_bar = discretize(p["log_A"], p["log_dt"], p["B"], dt_range)
         Wc = None if gramians is None else gramians[name]
-        bt = balanced_truncation(A_bar, B_bar, p["C"], eps, Wc=Wc)
+        Wo = None if observability is None else observability[name]
+        bt = balanced_truncation(A_bar, B_bar, p["C"], eps, Wc=Wc, Wo=Wo)
         modal = to_modal(bt.A, bt.B, bt.C)
         new = modal_tensors(modal.lam, modal.B, modal.C, modal.n_complex)
         new["gate"] = tensors[f"{name}.gate"].float()
         out.update({f"{name}.{k}": v for k, v in new.items()})
         report.orders[name] = bt.order
         report.complex_modes[name] = modal.n_complex
-        report.error_bounds[name] = bt.error_bound if Wc is None else None
+        report.error_bounds[name] = bt.error_bound if Wc is None and Wo is None else None
         report.hsv[name] = bt.hsv.tolist()
         report.params_before += sum(tensors[k].numel() for k in layer_keys if k.startswith(name))
         report.params_after += sum(v.numel() for v in new.values())
@@ -142,7 +153,34 @@ def reduce_hrm_adapter(
         {"ssmlora": config_record(reduced)},
         extra_json={HSV_NAME: report.hsv, REPORT_NAME: summary},
     )
+    write_hsv_plot(report.hsv, eps, Path(out_dir) / HSV_PLOT_NAME)
     return report
+
+
+def write_hsv_plot(hsv: Mapping[str, list[float]], eps: float, path: Path) -> Path | None:
+    """The Hankel-singular-value decay ``σ_i/σ_1`` of every layer (log scale) with the cut at
+    ``eps``, as a PNG at ``path``; None (nothing written) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in hsv.items():
+        top = values[0] if values and values[0] > 0 else 1.0
+        ax.semilogy(range(1, len(values) + 1), [max(v / top, 1e-16) for v in values],
+                    marker=".", label=name)  # fmt: skip
+    ax.axhline(eps, color="black", linestyle="--", linewidth=1, label=f"eps = {eps:g}")
+    ax.set(xlabel="state i", ylabel="σ_i / σ_1", title="Hankel singular values")
+    if len(hsv) <= 12:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def reduce_command(
@@ -164,46 +202,8 @@ def reduce_command(
     report = reduce_hrm_adapter(adapter, eps, out, train=train)
     print(report.summary())
     print(f"Reduced adapter written to {out}")
-
-
-@torch.no_grad()
-def empirical_gramians(
-    model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
-) -> dict[str, Tensor]:
-    """Controllability Gramians ``Wc = E[s_t s_tᵀ] (d, d)`` (float64) of each :class:`HRMLayer`
-    of ``model``, from the states its inputs drive over ``batches`` (model inputs; ``labels`` are
-    dropped, positions with ``attention_mask == 0`` are skipped). White unit-variance inputs would
-    give the closed-form Gramian, so the two are on one scale."""
-    layers = {n: m for n, m in hrm_layers(model).items() if isinstance(m, HRMLayer)}
-    if not layers:
-        raise SsmloraError("The model has no (full) HRM layers: inject or load an HRM adapter.")
-    sums = {n: torch.zeros(m.B.shape[0], m.B.shape[0], dtype=torch.float64) for n, m in layers.items()}  # fmt: skip
-    counts = dict.fromkeys(layers, 0)
-    mask: list[Tensor | None] = [None]
-
-    def make_hook(name: str, layer: HRMLayer):
-        def hook(module, args, kwargs):
-            u = (args[1] if len(args) > 1 else kwargs["input_tensor"]) if layer.post_ln else args[0]
-            A_bar, B_bar, _ = layer.system()
-            s = states_fft(u.float() @ B_bar.T, A_bar)  # (B, L, d)
-            keep = torch.ones(s.shape[:2], dtype=torch.bool) if mask[0] is None else mask[0] > 0
-            s = s[keep.to(s.device)].double().cpu()  # (N, d)
-            sums[name] += s.T @ s
-            counts[name] += s.shape[0]
-
-        return hook
-
-    handles = [
-        layer.register_forward_pre_hook(make_hook(n, layer), with_kwargs=True)
-        for n, layer in layers.items()
-    ]
-    try:
-        for batch in batches:
-            mask[0] = batch.get("attention_mask")
-            model(**{k: v for k, v in batch.items() if k != "labels"})
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not all(counts.values()):
-        raise SsmloraError("empirical_gramians saw no tokens: pass at least one non-empty batch.")
-    return {n: sums[n] / counts[n] for n in layers}
+    plot = Path(out) / HSV_PLOT_NAME
+    if plot.is_file():
+        print(f"Hankel singular values plotted in {plot}")
+    else:
+        print("Hankel singular value plot skipped: pip install matplotlib")

@@ -20,6 +20,10 @@ TRAINED_ATTR = "ssmlora_trained_parameters"
 """Attribute of an injected model: backbone parameters (outside adapter layers and the head) that
 the method left trainable (a parameter-subset method such as BitFit); saved with the adapter."""
 
+INNER_ATTR = "ssmlora_inner_model"
+"""Attribute of a whole-model wrapper (``AdapterMethod.wrap_model``): the name of the wrapped
+backbone inside it (``peft_model.base_model.model``), so the head's names can be found there."""
+
 
 def default_head(model: nn.Module) -> list[str]:
     """Names of ``model``'s top-level task-head modules."""
@@ -60,8 +64,24 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         wrapped = method.wrap_model(model, config)
         setattr(wrapped, CONFIG_ATTR, getattr(model, CONFIG_ATTR))
         setattr(wrapped, TRAINED_ATTR, trained)
+        inner = next((n for n, m in wrapped.named_modules() if m is model), None)
+        if inner is None:
+            raise SsmloraError(f"{method.name}: the wrapped model does not contain the backbone.")
+        setattr(wrapped, INNER_ATTR, inner)
         return wrapped
     return model
+
+
+def inner_model(model: nn.Module) -> nn.Module:
+    """The backbone inside a whole-model wrapper (``model`` itself when it is not one)."""
+    inner = getattr(model, INNER_ATTR, "")
+    return model.get_submodule(inner) if inner else model
+
+
+def _head_prefixes(model: nn.Module, heads: list[str]) -> list[str]:
+    """``heads`` (names in the backbone) as names in ``model`` (a wrapper prefixes them)."""
+    inner = getattr(model, INNER_ATTR, "")
+    return [f"{inner}.{h}" if inner else h for h in heads]
 
 
 def _adapter_layer_names(model: nn.Module) -> list[str]:
@@ -88,11 +108,17 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     The head is the fully trained ``modules_to_save`` and the model's freshly initialised
     top-level head (:func:`default_head`) whole, frozen parts included: when an adapter wraps the
     head's linears (SSMLoRA's ``full_model``), their base weights are a random draw that no
-    pretrained checkpoint holds, so a reload without them would give other logits."""
+    pretrained checkpoint holds, so a reload without them would give other logits. A wrapper with
+    its own layout (``AdapterMethod.state``) names its tensors itself."""
+    state = get_method(adapter_config(model).adapter_type).state
+    if state is not None:
+        return state.tensors(model)
+    backbone = inner_model(model)
     heads = list(
-        dict.fromkeys([*(adapter_config(model).modules_to_save or []), *default_head(model)])
+        dict.fromkeys([*(adapter_config(model).modules_to_save or []), *default_head(backbone)])
     )
-    trained = set(getattr(model, TRAINED_ATTR, ()))
+    heads = _head_prefixes(model, heads)
+    trained = set(_head_prefixes(model, list(getattr(model, TRAINED_ATTR, ()))))
     layers = _adapter_layer_names(model)
     return {
         key: tensor.detach()
@@ -104,6 +130,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def count_trainable_parameters(model: nn.Module, include_head: bool = True) -> int:
     """Number of trainable parameter elements (optionally without the fully trained head)."""
     heads = [] if include_head else (adapter_config(model).modules_to_save or [])
+    heads = _head_prefixes(model, heads)
     return sum(
         p.numel()
         for name, p in model.named_parameters()

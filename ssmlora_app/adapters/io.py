@@ -45,13 +45,21 @@ def write_adapter_folder(
     tensors: Mapping[str, torch.Tensor],
     meta: dict,
     extra_json: Mapping[str, object] | None = None,
+    prefix: str = PREFIX,
 ) -> Path:
-    """Write an adapter folder: ``tensors`` (keyed by their names in the model) as
-    adapter_model.safetensors, ``meta`` as adapter_config.json, and each of ``extra_json``
-    (file name -> JSON value, e.g. a reduction report) beside them; every file atomically."""
+    """Write an adapter folder: ``tensors`` (keyed by their names in the model, stored under
+    ``prefix``) as adapter_model.safetensors, ``meta`` as adapter_config.json, and each of
+    ``extra_json`` (file name -> JSON value, e.g. a reduction report) beside them; every file
+    atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {PREFIX + k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # Adapters are stored in float32 whatever trainer.precision trained them in (64-true too).
+    weights = {
+        prefix + k: v.detach()
+        .to("cpu", torch.float32 if v.dtype == torch.float64 else v.dtype)
+        .contiguous()
+        for k, v in tensors.items()
+    }
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(weights, p))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
     for name, value in (extra_json or {}).items():
@@ -73,13 +81,16 @@ def save_adapter(
     method = method_of(model)
     meta: dict = {}
     peft = method.peft_config(model, config) if method.peft_config is not None else None
-    if peft is not None:
+    if peft is not None:  # peft's own fields first; ours fill what it leaves out
         meta.update(peft)
-        meta["modules_to_save"] = config.modules_to_save or None
-        meta["task_type"] = _peft_task_type(config.modules_to_save or [])
-        meta["base_model_name_or_path"] = base_model_name_or_path
+        meta.setdefault("modules_to_save", config.modules_to_save or None)
+        meta.setdefault("task_type", _peft_task_type(config.modules_to_save or []))
+        if base_model_name_or_path is not None or "base_model_name_or_path" not in meta:
+            meta["base_model_name_or_path"] = base_model_name_or_path
         meta["inference_mode"] = True
     meta["ssmlora"] = config_record(config, metadata)
+    if method.state is not None:  # a wrapper's own layout (e.g. peft's keys)
+        return write_adapter_folder(directory, method.state.save(model), meta, prefix="")
     return write_adapter_folder(directory, adapter_state_dict(model), meta)
 
 
@@ -113,14 +124,15 @@ def config_from_record(adapter_type: str, fields: Mapping) -> AdapterConfig:
     return config_cls(**{k: v for k, v in fields.items() if k in known})
 
 
-def read_adapter_weights(directory: str | os.PathLike) -> dict:
-    """The saved tensors of ``directory``, keyed by their names in the model."""
+def read_adapter_weights(directory: str | os.PathLike, prefix: str = PREFIX) -> dict:
+    """The saved tensors of ``directory``, keyed by their names in the model (``prefix``, the
+    folder's key prefix, removed)."""
     path = Path(directory) / WEIGHTS_NAME
     try:
         tensors = load_file(path)
     except Exception as err:  # safetensors raises several types for missing/corrupt files
         raise SsmloraError(f"Cannot read adapter weights {path}: {err}.") from None
-    return {k.removeprefix(PREFIX): v for k, v in tensors.items()}
+    return {k.removeprefix(prefix): v for k, v in tensors.items()}
 
 
 def load_adapter(
@@ -141,6 +153,11 @@ def load_adapter(
             f"{directory} holds a {saved.adapter_type!r} adapter but the model has "
             f"{current.adapter_type!r}."
         )
+    state = method_of(model).state
+    if state is not None:  # a wrapper's own layout: the method loads it
+        meta = json.loads((Path(directory) / CONFIG_NAME).read_text())
+        state.load(model, meta, read_adapter_weights(directory, prefix=""), load_head)
+        return model
     tensors = read_adapter_weights(directory)
     expected = adapter_state_dict(model)
     # The head: fully trained modules, and the top-level head modules an adapter may wrap

@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ssmlora_app.adapters.base import AdapterLayer
-from ssmlora_app.adapters.inject import TRAINED_ATTR
-from ssmlora_app.adapters.registry import CONFIG_ATTR, method_of
+from ssmlora_app.adapters.inject import INNER_ATTR, TRAINED_ATTR
+from ssmlora_app.adapters.registry import CONFIG_ATTR, adapter_config, method_of
 from ssmlora_app.adapters.targets import replace_module
 from ssmlora_app.errors import SsmloraError
 
@@ -23,6 +23,11 @@ from ssmlora_app.errors import SsmloraError
 def merge_adapters(model: nn.Module) -> None:
     """Fold every adapter layer into its base weight, reversibly (:func:`unmerge_adapters`)."""
     _check_mergeable(model)
+    if method_of(model).merge is not None:
+        raise SsmloraError(
+            f"{method_of(model).name} adapters merge only for good (merge_and_unload), not "
+            "reversibly in place."
+        )
     for module in model.modules():
         if isinstance(module, AdapterLayer):
             module.merge()
@@ -37,7 +42,7 @@ def unmerge_adapters(model: nn.Module) -> None:
 
 def _check_mergeable(model: nn.Module) -> None:
     method = method_of(model)
-    if not method.mergeable:
+    if not method.can_merge(adapter_config(model)):
         raise SsmloraError(
             f"{method.name} adapters cannot be merged into the backbone's weights (the method "
             "is not mergeable: its update is no fixed change of a weight). Keep the adapter "
@@ -61,8 +66,16 @@ def _parametrized(model: nn.Module) -> list[tuple[nn.Module, str]]:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Fold the adapter into the backbone and remove every adapter module, in place: the result
     is the plain backbone with updated weights (and its head). Raises :class:`SsmloraError` for a
-    method that is not ``mergeable``. Returns ``model``."""
+    method that is not ``mergeable``. Returns the plain model: ``model`` itself, or the backbone
+    inside a whole-model wrapper (``AdapterMethod.merge``); use the result."""
     _check_mergeable(model)
+    method = method_of(model)
+    if method.merge is not None:
+        plain = method.merge(model)
+        for attr in (CONFIG_ATTR, TRAINED_ATTR, INNER_ATTR):
+            if hasattr(plain, attr):
+                delattr(plain, attr)
+        return plain
     for owner, name in _parametrized(model):
         parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
     for name, module in list(model.named_modules()):

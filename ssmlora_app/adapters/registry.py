@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from types import MappingProxyType
 
-from torch import nn
+from torch import Tensor, nn
 
 from ssmlora_app.adapters.base import AdapterConfig
 from ssmlora_app.adapters.method import AdapterMethod, Diagnostics
@@ -92,3 +92,14 @@ def adapter_diagnostics(model: nn.Module) -> Diagnostics | None:
     if method is None or method.diagnostics is None:
         return None
     return method.diagnostics(model)
+
+
+def lm_training_loss(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+) -> Tensor:
+    """The causal-LM training loss of ``model`` on one batch: the method's ``lm_loss`` hook (e.g.
+    HRM's chunked truncated BPTT) or one forward."""
+    method = method_of(model) if has_adapter(model) else None
+    if method is None or method.lm_loss is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    return method.lm_loss(model, input_ids, attention_mask, labels)

@@ -38,7 +38,12 @@ from ssmlora_app.adapters.lora import lora_scaling
 from ssmlora_app.adapters.method import AdapterMethod, BenchSettings, Diagnostics
 from ssmlora_app.adapters.registry import register_adapter
 from ssmlora_app.adapters.ssmlora_chain import StateChain
-from ssmlora_app.adapters.ssmlora_presets import Preset, filter_targets, preset_modules
+from ssmlora_app.adapters.ssmlora_presets import (
+    Preset,
+    filter_targets,
+    preset_modules,
+    reference_chains,
+)
 from ssmlora_app.adapters.targets import (
     find_config_targets,
     linear_dims,
@@ -104,12 +109,16 @@ class SSMLoRAConfig(AdapterConfig):
     non-reentrant kind (``use_reentrant: False``), whose recomputation keeps the stored states'
     graph (the reentrant kind runs the first pass without a graph)."""
 
-    chains: Literal["type"] | dict[str, str | list[str]] = "type"
-    """How adapted modules form chains. ``type``: one chain per module type across layers
-    (all adapted queries, all values, ...; named like ``roberta.encoder.layer.*.attention.self.
-    query``) and one ``head`` chain for modules outside the layer stack. Or a mapping chain name
-    -> pattern (``target_modules`` rules); every adapted module must match exactly one pattern,
-    and a chain's modules must run in model order on inputs of the same shape."""
+    chains: Literal["type", "reference"] | dict[str, str | list[str]] = "type"
+    """How adapted modules form chains. ``type`` (the paper's): one chain per module type across
+    layers (all adapted queries, all values, ...; named like ``roberta.encoder.layer.*.attention.
+    self.query``) and one ``head`` chain for modules outside the layer stack. ``reference``: the
+    reference repository's keys: each layer's query and value alone (``query_{i}``,
+    ``value_{i}``, so they start from a zero state in every forward), one chain each for the
+    attention outputs (``od``), FFN-ins (``mlp``, ``mu``), FFN-outs (``md``) and the head
+    (``score``). Or a mapping chain name -> pattern (``target_modules`` rules); every adapted
+    module must match exactly one pattern, and a chain's modules must run in model order on
+    inputs of the same shape."""
 
     def __post_init__(self) -> None:
         if self.preset == "full_model" and self.modules_to_save is None:
@@ -131,9 +140,10 @@ class SSMLoRAConfig(AdapterConfig):
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise SsmloraError(f"SSMLoRA {name} must be one of {allowed}, got {value!r}.")
-        if not (self.chains == "type" or isinstance(self.chains, dict)):
+        if not (self.chains in ("type", "reference") or isinstance(self.chains, dict)):
             raise SsmloraError(
-                f"SSMLoRA chains must be 'type' or a mapping name -> pattern, got {self.chains!r}."
+                "SSMLoRA chains must be 'type', 'reference' or a mapping name -> pattern, got "
+                f"{self.chains!r}."
             )
         if self.preset is not None and self.target_modules is not None:
             raise SsmloraError(
@@ -255,20 +265,30 @@ def _layered_type(name: str, layers_pattern: str | None) -> str | None:
     return f"{match.group(1)}*{match.group(2)}" if match else None
 
 
-def assign_chains(names: list[str], config: SSMLoRAConfig) -> dict[str, tuple[str, int]]:
-    """Module name -> ``(chain, position)``; positions follow the order of ``names``."""
-    chain_of: dict[str, str] = {}
-    for name in names:
-        if config.chains == "type":
-            chain_of[name] = _layered_type(name, config.layers_pattern) or HEAD_CHAIN
-            continue
-        hits = [c for c, pattern in config.chains.items() if name_matches(name, pattern)]
-        if len(hits) != 1:
-            raise SsmloraError(
-                f"SSMLoRA module {name} matches {len(hits)} chains ({hits}) of "
-                f"chains={config.chains!r}; each adapted module must match exactly one."
-            )
-        chain_of[name] = hits[0]
+def _chain_of(name: str, config: SSMLoRAConfig) -> str:
+    """The chain of ``name`` under ``chains: type`` or a mapping of patterns."""
+    if config.chains == "type":
+        return _layered_type(name, config.layers_pattern) or HEAD_CHAIN
+    hits = [c for c, pattern in config.chains.items() if name_matches(name, pattern)]
+    if len(hits) != 1:
+        raise SsmloraError(
+            f"SSMLoRA module {name} matches {len(hits)} chains ({hits}) of "
+            f"chains={config.chains!r}; each adapted module must match exactly one."
+        )
+    return hits[0]
+
+
+def assign_chains(
+    names: list[str], config: SSMLoRAConfig, model: nn.Module | None = None
+) -> dict[str, tuple[str, int]]:
+    """Module name -> ``(chain, position)``; positions follow the order of ``names``
+    (``chains: reference`` reads the architecture of ``model``)."""
+    if config.chains == "reference":
+        if model is None:
+            raise SsmloraError("SSMLoRA chains: reference needs the model's architecture.")
+        chain_of = reference_chains(model, names)
+    else:
+        chain_of = {name: _chain_of(name, config) for name in names}
     counts: dict[str, int] = {}
     assigned = {}
     for name in names:
@@ -296,7 +316,7 @@ def inject_ssmlora(model: nn.Module, config: SSMLoRAConfig, skip: Sequence[str])
     else:
         names = find_config_targets(model, config, skip)
     state_chain = StateChain()
-    for name, (chain, position) in assign_chains(names, config).items():
+    for name, (chain, position) in assign_chains(names, config, model).items():
         base = model.get_submodule(name)
         layer = SSMLoRALinear(base, config, state_chain, chain, position)
         replace_module(model, name, layer.train(base.training))  # keep the model's mode

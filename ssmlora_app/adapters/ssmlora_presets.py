@@ -8,6 +8,12 @@
 The LoRA baselines the paper compares with: ``attention_sparse`` -> LoRA on query and value in
 every layer (``c_attn`` for GPT-2); ``full_model`` -> LoRA on q, k, v, o, FFN-in, FFN-out in every
 layer plus the head's linears.
+
+Chains (:func:`reference_chains`): the paper chains modules of one type across layers; the
+reference repository (yuhkalhic/SSMLoRA ``src/models/model_utils.py``) keys the alternating
+queries and values per layer (``query_{i}``, ``value_{i}``: each its own chain) and shares one
+key across layers for the attention output (``od``), FFN-in (``mlp``, and ``mu`` for Llama's
+up projection), FFN-out (``md``) and the head (``score``).
 """
 
 from __future__ import annotations
@@ -215,3 +221,34 @@ def filter_targets(
             f"Linears of the model: {describe_candidates(_linears(model))}"
         )
     return kept
+
+
+def reference_chains(model: nn.Module, names: Sequence[str]) -> dict[str, str]:
+    """Module name -> chain, keyed as the SSMLoRA reference repository keys its state
+    (``src/models/model_utils.py``): ``query_{i}`` / ``value_{i}`` per layer ``i``, ``od``
+    (attention output), ``mlp`` / ``mu`` (FFN-in: gate and up projections), ``md`` (FFN-out) and
+    ``score`` (the head's linears). Raises :class:`SsmloraError` for a module it has no key for."""
+    arch = architecture(model)
+    shared = {arch.attn_out: "od", arch.ffn_out: "md"}
+    shared.update(dict(zip(arch.ffn_in, ("mlp", "mu"), strict=False)))
+    chains = {}
+    for name in names:
+        split = _split(name, arch.layers)
+        if split is None:
+            if not _in_head(arch, name):
+                raise SsmloraError(f"SSMLoRA chains: reference has no key for {name}.")
+            chains[name] = "score"
+            continue
+        index, suffix = split
+        if suffix == arch.query:  # GPT-2's fused c_attn too
+            chains[name] = f"query_{index}"
+        elif suffix == arch.value:
+            chains[name] = f"value_{index}"
+        elif suffix in shared:
+            chains[name] = shared[suffix]
+        else:
+            raise SsmloraError(
+                f"SSMLoRA chains: reference keys queries, values, attention output, FFN-in, "
+                f"FFN-out and the head; {name} is none of them."
+            )
+    return chains

@@ -34,8 +34,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.outputs import check_output_dir
 from ssmlora_app.run import RunFolder
 
 FORMATS = ("jsonl", "tsv")
@@ -47,18 +49,41 @@ class PredictionWriter(BasePredictionWriter):
     """Writes the predictions of ``ssmlora predict`` (the data module's ``predict_split_names``:
     the evaluation splits, or the test splits under ``data.predict_splits: test``) to files."""
 
-    def __init__(self, output_dir: str | None = None, formats: list[str] | None = None):
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        formats: list[str] | None = None,
+        overwrite: bool = False,
+    ):
         """
         Args:
-            output_dir: Folder for the files; default ``<log_dir>/predictions``.
+            output_dir: Folder for the files, new or empty; default a new folder in the run
+                evaluated: ``<run>/predictions``, else ``<run>/predictions-2``, ...
             formats: Any of ``jsonl`` and ``tsv`` (GLUE submission layout); default both.
+            overwrite: Write into an ``output_dir`` that already holds files, replacing the files
+                of the same names.
         """
         super().__init__(write_interval="epoch")
         self.output_dir = output_dir
+        self.overwrite = overwrite
         self.formats = list(formats or FORMATS)
         unknown = set(self.formats) - set(FORMATS)
         if unknown:
             raise SsmloraError(f"predictions.formats: unknown {sorted(unknown)}; use jsonl, tsv.")
+
+    def _root(self, trainer: L.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir).expanduser()
+        return RunFolder(Path(trainer.log_dir or trainer.default_root_dir)).predictions_dir
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict":  # before any prediction: never over a file or earlier results
+            check_output_dir(
+                self._root(trainer),
+                "--predictions.output_dir",
+                self.overwrite,
+                "--predictions.overwrite",
+            )
 
     def write_on_epoch_end(
         self,
@@ -76,12 +101,10 @@ class PredictionWriter(BasePredictionWriter):
             predictions = [predictions]
         if len(batch_indices) != len(predictions):  # and nests the indices one level deeper
             batch_indices = [batch_indices]
-        if self.output_dir is not None:
-            root = Path(self.output_dir)
-        else:
-            root = RunFolder(Path(trainer.log_dir or trainer.default_root_dir)).predictions_dir
+        root = self._root(trainer)
         root.mkdir(parents=True, exist_ok=True)
         rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        written = []
         for split, preds, indices in zip(splits, predictions, batch_indices):
             dataset = datamodule.splits.get(split)
             records = objective.records(_values(preds), _flatten(indices), dataset)
@@ -90,15 +113,19 @@ class PredictionWriter(BasePredictionWriter):
                 with path.open("w", encoding="utf-8") as f:
                     for record in records:
                         f.write(json.dumps(record) + "\n")
+                written.append(path.name)
             if "tsv" in self.formats:
                 name = task.prediction_file(split)
                 path = root / (name.removesuffix(".tsv") + rank + ".tsv")
                 lines = ["index\tprediction"]
                 lines += [f"{r['index']}\t{_tsv_cell(r['prediction'])}" for r in records]
                 path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                written.append(path.name)
             for suffix, content in objective.prediction_files(records).items():
                 path = root / f"{info.task}_{split}{rank}_{suffix}"
                 path.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+                written.append(path.name)
+        rank_zero_info(f"Predictions written to {root}: {', '.join(written)}")
 
 
 def _values(batches: list) -> list:

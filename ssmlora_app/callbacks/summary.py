@@ -7,20 +7,37 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+BASELINE = "majority_baseline"
+"""Tag (under the first evaluation split's prefix) of the majority-class accuracy."""
+
 
 class FitSummary(L.Callback):
     """At the end of ``fit``, print each logged validation metric and the majority-class accuracy,
-    so a run shows at a glance whether it beat chance."""
+    so a run shows at a glance whether it beat chance. The majority-class accuracy of the first
+    evaluation split is also logged when training starts (``val/majority_baseline``, MNLI
+    ``val_matched/majority_baseline``): ``ssmlora report`` marks a run whose score stays there as
+    collapsed."""
+
+    def __init__(self) -> None:
+        self._baseline: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "majority_baseline"):
+            return
+        self._baseline = datamodule.majority_baseline()
+        if self._baseline is None or not trainer.is_global_zero:
+            return
+        split = pl_module.task_info.eval_splits[0].replace("validation", "val")
+        for logger in trainer.loggers:
+            logger.log_metrics({f"{split}/{BASELINE}": self._baseline}, step=trainer.global_step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
         if not metrics:
             return
         lines = [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items())]
-        datamodule = trainer.datamodule
-        baseline = (
-            datamodule.majority_baseline() if hasattr(datamodule, "majority_baseline") else None
-        )
+        baseline = self._baseline
         if baseline is not None:
             lines.append(f"  majority-class accuracy (chance) = {baseline:.4f}")
         rank_zero_info("Final validation metrics:\n" + "\n".join(lines) + _where(trainer))

@@ -89,10 +89,11 @@ class Objective(ABC):
         """What ``data.max_length`` includes beyond the input, for the positions check."""
         return ""
 
-    def check_lengths(self, model: nn.Module) -> None:
+    def check_lengths(self, model: nn.Module, extra: int = 0) -> None:
         """Refuse, before training, inputs longer than the backbone's position embeddings.
 
-        ``data.max_length`` bounds every sequence the model sees (generated tokens included).
+        ``data.max_length`` bounds every sequence the model sees (generated tokens included);
+        ``extra`` positions come in front of every input (an adapter's virtual tokens).
         """
         config, info = model.config, self.info
         positions = getattr(config, "max_position_embeddings", None)
@@ -100,11 +101,12 @@ class Objective(ABC):
             return  # no learned positions (Mamba, rotary models report a limit they can exceed)
         if config.model_type in ("roberta", "xlm-roberta", "camembert"):
             positions -= (config.pad_token_id or 0) + 1  # RoBERTa's positions start after the pad
-        if info.max_length > positions and config.model_type not in ROTARY_MODEL_TYPES:
+        if info.max_length + extra > positions and config.model_type not in ROTARY_MODEL_TYPES:
+            plus = f" plus the adapter's {extra} virtual tokens" if extra else ""
             raise SsmloraError(
-                f"data.max_length={info.max_length} exceeds the {positions} positions of the "
-                f"{config.model_type} backbone: lower data.max_length (inputs are truncated to "
-                f"it{self.length_note()}) or use a longer-context backbone."
+                f"data.max_length={info.max_length}{plus} exceeds the {positions} positions of "
+                f"the {config.model_type} backbone: lower data.max_length (inputs are truncated "
+                f"to it{self.length_note()}) or use a longer-context backbone."
             )
 
     # The data.

@@ -14,11 +14,12 @@ from functools import partial
 
 import datasets
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ssmlora_app.adapters import generation_context
+from ssmlora_app.adapters import generation_context, lm_training_loss
 from ssmlora_app.backbone import BackboneConfig, build_causal_lm
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.objectives.base import Objective, Stage, register_objective
@@ -81,17 +82,28 @@ class CausalLM(Objective):
             )
         fmt = LMFormat(self.info.max_length, self.info.truncation, self.answer_room())
         keep = ("label", "references", GROUP_COLUMN, INDEX_COLUMN)
-        return ds.map(
+        ds = ds.map(
             partial(encode_lm_example, tokenizer=tokenizer, fmt=fmt),
             remove_columns=[c for c in ds.column_names if c not in keep],
             desc=f"Tokenising {desc}",
         )
+        lengths = ds["target_tokens"]
+        room = fmt.answer_room
+        cut = [n for n in lengths if room is not None and n > room]
+        if cut:  # said once per split, with the numbers
+            rank_zero_warn(
+                f"{desc}: {len(cut)} of {len(lengths)} targets are longer than "
+                f"data.max_new_tokens={room} (up to {max(cut)} tokens, end of text included): "
+                f"training sees their first {room} tokens, generation stops at {room}, and the "
+                "metrics compare with the whole reference. Raise data.max_new_tokens to cover them."
+            )
+        return ds.remove_columns("target_tokens")
 
     # Steps.
     def training_loss(self, model: nn.Module, batch: LMBatch) -> Tensor:
-        return model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
-        ).loss
+        """The loss on the target tokens (one forward, or the adapter method's own way, e.g.
+        HRM's chunked truncated BPTT: see :func:`~ssmlora_app.adapters.lm_training_loss`)."""
+        return lm_training_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
 
     def target_stats(self, model: nn.Module, batch: LMBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Per example: summed NLL of the target tokens, correct arg-max count, target count."""

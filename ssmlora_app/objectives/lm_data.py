@@ -77,6 +77,7 @@ def encode_lm_example(row: dict, tokenizer: PreTrainedTokenizerBase, fmt: LMForm
     prompt = _ids(tokenizer, row["prompt"])
     target = list(row["target_ids"]) if row.get("target_ids") else _ids(tokenizer, row["target"])
     choices = [_ids(tokenizer, c) for c in row["choices"]]
+    full_target = len(target) + len(eos)
     if fmt.answer_room is not None:
         target = (target + eos)[: fmt.answer_room]
         room = fmt.answer_room
@@ -96,6 +97,7 @@ def encode_lm_example(row: dict, tokenizer: PreTrainedTokenizerBase, fmt: LMForm
         "input_ids": context + target,
         "labels": [IGNORE] * len(context) + target,
         "prompt_ids": context,
+        "target_tokens": full_target,  # before any cut: the encoder reports cut targets
     }
     out["choice_input_ids"] = [context + c for c in choices]
     out["choice_labels"] = [[IGNORE] * len(context) + c for c in choices]

@@ -4,8 +4,12 @@
     hparams.yaml                the run's :class:`~ssmlora_app.run.record.RunRecord`
     events.out.tfevents.*       TensorBoard scalars (losses, metrics, learning rates)
     checkpoints/last.ckpt ...   adapter + head + optimizer state (never the backbone)
-    adapter/                    the adapter folder written when fit ends
-    predictions/                ``ssmlora predict``'s files (by default)
+    adapter/                    the adapter folder written when fit ends (its result)
+    validate/, test/, predict/  the logs (and config) of evaluations of the run
+    predictions/, predictions-2/ ...  ``ssmlora predict``'s files (a new folder each time)
+
+Only ``fit`` creates a run folder; a second ``fit`` into an existing one is refused unless it
+resumes from one of its checkpoints (see :mod:`ssmlora_app.preflight`).
 
 Callbacks name its parts through :class:`RunFolder` (the adapter, the predictions, the
 checkpoints), and ``export``, ``report``, ``predict`` and ``sweep`` read runs through it.
@@ -13,11 +17,12 @@ checkpoints), and ``export``, ``report``, ``predict`` and ``sweep`` read runs th
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
 from ssmlora_app.errors import SsmloraError
@@ -25,6 +30,31 @@ from ssmlora_app.run.record import RunRecord
 from ssmlora_app.tasks import Task, get_task
 
 EVENTS_GLOB = "events.out.tfevents.*"
+NOT_SETTINGS = (
+    "seed_everything",
+    "data.shuffle_seed",
+    "ckpt_path",
+    "allow_untrained",
+    "trainer.logger",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "checkpoint",
+    "export",
+    "summary",
+    "diagnostics",
+    "lr_monitor",
+    "predictions",
+    "sigterm_checkpoint",
+    "hrm_diagnostics",
+    "ssmlora_diagnostics",
+    "sdt_selection",
+)
+"""Keys of config.yaml (and everything under them) that are not a run's settings: the seed keys
+(``sweep`` sets both) and where and how it logs, checkpoints and resumes. Two runs whose other keys
+agree are seeds of one configuration (:meth:`RunFolder.settings_hash`)."""
 
 
 class _HparamsLoader(yaml.SafeLoader):
@@ -34,18 +64,6 @@ class _HparamsLoader(yaml.SafeLoader):
 _HparamsLoader.add_constructor(
     "tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node))
 )
-
-
-def read_checkpoint(path: str | Path) -> tuple[RunRecord, dict[str, torch.Tensor]]:
-    """A checkpoint's record and its adapter tensors (keys as in the model, without ``model.``)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        hparams = checkpoint["ssmlora_hparams"]
-        state = checkpoint["state_dict"]
-    except (OSError, KeyError, RuntimeError, TypeError) as err:
-        raise SsmloraError(f"Cannot read {path} as an ssmlora checkpoint: {err!r}.") from None
-    record = RunRecord.from_hparams(hparams, str(path))
-    return record, {k.removeprefix("model."): v for k, v in state.items()}
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,17 @@ class RunFolder:
     def at(cls, save_dir: str | Path, name: str, version: str) -> RunFolder:
         """The folder the TensorBoard logger writes for ``save_dir``/``name``/``version``."""
         return cls(Path(save_dir) / name / version)
+
+    @classmethod
+    def next_version(cls, save_dir: str | Path, name: str) -> RunFolder:
+        """``save_dir/name/version_N`` with N one above the highest there (TensorBoard's rule)."""
+        root = Path(save_dir) / name
+        taken = [
+            int(p.name.removeprefix("version_"))
+            for p in (root.iterdir() if root.is_dir() else [])
+            if p.name.removeprefix("version_").isdigit() and p.name.startswith("version_")
+        ]
+        return cls(root / f"version_{max(taken, default=-1) + 1}")
 
     @classmethod
     def find(cls, roots: Sequence[str | Path]) -> list[RunFolder]:
@@ -104,6 +133,31 @@ class RunFolder:
     def predictions_dir(self) -> Path:
         return self.path / "predictions"
 
+    def stage_dir(self, stage: str) -> Path:
+        """Where ``validate``/``test``/``predict`` of this run log (``<run>/<stage>``)."""
+        return self.path / stage
+
+    def new_predictions_dir(self) -> Path:
+        """A predictions folder not used yet: ``predictions``, else ``predictions-2``, ..."""
+        candidate, n = self.predictions_dir, 2
+        while candidate.exists() and any(candidate.iterdir()):
+            candidate = self.path / f"predictions-{n}"
+            n += 1
+        return candidate
+
+    def checkpoint_files(self) -> list[Path]:
+        return sorted(self.checkpoints_dir.glob("*.ckpt")) if self.checkpoints_dir.is_dir() else []
+
+    def holds_run(self) -> bool:
+        """Whether a fit already wrote here (config, record, logs, checkpoints or adapter)."""
+        return self.path.is_dir() and (
+            self.config_path.is_file()
+            or self.hparams_path.is_file()
+            or bool(self.event_files())
+            or bool(self.checkpoint_files())
+            or self.adapter_dir.exists()
+        )
+
     def event_files(self) -> list[Path]:
         return sorted(self.path.glob(EVENTS_GLOB))
 
@@ -130,6 +184,28 @@ class RunFolder:
             return {}
         return yaml.safe_load(self.config_path.read_text()) or {}
 
+    def settings(self) -> dict[str, object]:
+        """``config.yaml`` flattened to dotted keys, without :data:`NOT_SETTINGS`."""
+        flat: dict[str, object] = {}
+
+        def walk(value, key: str) -> None:
+            if any(key == k or key.startswith(k + ".") for k in NOT_SETTINGS):
+                return
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(v, f"{key}.{k}" if key else str(k))
+            else:
+                flat[key] = value
+
+        walk(self.config(), "")
+        return flat
+
+    def settings_hash(self) -> str:
+        """A hash of :meth:`settings`: equal for the seeds of one configuration (and for a run
+        and its resumed continuation), different when any other setting differs."""
+        text = json.dumps(self.settings(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
     def seed(self) -> int | None:
         """``seed_everything`` of the run's config."""
         seed = self.config().get("seed_everything")
@@ -141,15 +217,21 @@ class RunFolder:
         return task_from_config(spec) if spec is not None else None
 
     def scalars(self) -> dict[str, list[tuple[int, float]]]:
-        """Every scalar the run logged: tag -> ``(step, value)`` in order."""
+        """Every scalar the run logged: tag -> ``(step, value)`` in step order, one per step."""
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         accumulator = EventAccumulator(str(self.path), size_guidance={"scalars": 0})
         accumulator.Reload()
-        return {
-            tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
-            for tag in accumulator.Tags()["scalars"]
-        }
+        scalars = {}
+        for tag in accumulator.Tags()["scalars"]:
+            # A resumed run logs the steps after its checkpoint again: the later value counts.
+            by_step = {e.step: e.value for e in sorted(accumulator.Scalars(tag), key=_wall_time)}
+            scalars[tag] = sorted(by_step.items())
+        return scalars
+
+
+def _wall_time(event) -> float:
+    return event.wall_time
 
 
 def task_from_config(spec: str | dict) -> Task:

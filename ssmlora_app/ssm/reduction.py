@@ -7,8 +7,9 @@ For ``s_t = diag(a) s_{t−1} + B u_t``, ``y_t = C s_t`` with ``a = Ā (d,)``, `
 
        Wc_ij = (B Bᵀ)_ij / (1 − a_i a_j),     Wo_ij = (Cᵀ C)_ij / (1 − a_i a_j)
 
-   or, empirically, ``Wc = E[s_t s_tᵀ]`` over states driven by real inputs (with white unit
-   inputs this expectation *is* the closed form, so both are on the same scale).
+   or, empirically, ``Wc = E[s_t s_tᵀ]`` over states driven by real inputs and ``Wo =
+   E[λ_t λ_tᵀ]`` over the adjoint states driven by the loss gradient (with white unit inputs
+   these expectations *are* the closed forms, so both are on the same scale).
 2. Cholesky ``Wc = Lc Lcᵀ``, ``Wo = Lo Loᵀ``; SVD ``Lcᵀ Lo = U Σ Vᵀ``; Hankel singular values
    ``σ = diag Σ``.
 3. ``T = Lc U Σ^{-1/2}``, ``T⁻¹ = Σ^{-1/2} Vᵀ Loᵀ``; order ``d̂ = #{σ_i/σ_1 ≥ ε}``;
@@ -76,19 +77,24 @@ class BalancedTruncation:
 
 
 def balanced_truncation(
-    a: Tensor, B: Tensor, C: Tensor, eps: float, Wc: Tensor | None = None
+    a: Tensor,
+    B: Tensor,
+    C: Tensor,
+    eps: float,
+    Wc: Tensor | None = None,
+    Wo: Tensor | None = None,
 ) -> BalancedTruncation:
     """Balanced truncation of ``(diag(a), B, C)`` keeping ``σ_i/σ_1 ≥ eps`` (at least one state).
 
-    ``a (d,)`` real with ``|a| < 1``, ``B (d, D)``, ``C (D, d)``; ``Wc``: an empirical
-    controllability Gramian ``(d, d)`` to use instead of the closed form.
+    ``a (d,)`` real with ``|a| < 1``, ``B (d, D)``, ``C (D, d)``; ``Wc``/``Wo``: empirical
+    controllability/observability Gramians ``(d, d)`` to use instead of the closed forms.
     """
     if not 0 <= eps < 1:
         raise SsmloraError(f"Reduction eps must be in [0, 1) (e.g. 0.1 or 0.01), got {eps}.")
     a, B, C = a.double(), B.double(), C.double()
-    Wc_closed, Wo = gramians(a, B, C)
+    Wc_closed, Wo_closed = gramians(a, B, C)
     Lc = psd_factor(Wc_closed if Wc is None else Wc.double())  # (d, d)
-    Lo = psd_factor(Wo)  # (d, d)
+    Lo = psd_factor(Wo_closed if Wo is None else Wo.double())  # (d, d)
     U, hsv, Vh = torch.linalg.svd(Lc.T @ Lo)  # Lcᵀ Lo = U Σ Vᵀ
     if hsv[0] <= 0:
         raise SsmloraError("The adapter's SSM is zero (B or C is zero): nothing to reduce.")

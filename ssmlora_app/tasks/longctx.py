@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import datasets
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerFast
 
 from ssmlora_app.errors import SsmloraError
@@ -126,7 +127,25 @@ class _LongContextTask(Task):
                 for i in split_documents(len(docs), split, self.fractions, self.seed)
                 for row in self.document_rows(docs[i])
             ]
+        if split != "train":
+            rows = self._distinct(rows, split)
         return datasets.Dataset.from_list(rows)
+
+    def _distinct(self, rows: list[dict], split: str) -> list[dict]:
+        """Each distinct example once (L-Eval files repeat some: same document, question and
+        answer), so none is scored twice; the number dropped is said."""
+        seen, kept = set(), []
+        for row in rows:
+            key = json.dumps(row, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                kept.append(row)
+        if len(kept) < len(rows):
+            rank_zero_info(
+                f"{self.name} {split}: {len(rows) - len(kept)} of {len(rows)} examples repeat "
+                "another (same document, question and answer) and are scored once."
+            )
+        return kept
 
     def document_rows(self, doc: dict) -> list[dict]:
         """One row per instruction of an L-Eval document."""

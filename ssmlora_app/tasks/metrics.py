@@ -18,9 +18,6 @@ only to the metrics whose ``update`` takes it. There ``exact_match`` is :class:`
 from __future__ import annotations
 
 import math
-import re
-import string
-from collections import Counter
 
 import torch
 from torchmetrics import Metric, MetricCollection
@@ -35,28 +32,17 @@ from torchmetrics.text import ROUGEScore
 from torchmetrics.utilities import dim_zero_cat
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.scoring.short_answer import short_answer_exact, short_answer_f1
 from ssmlora_app.tasks.benchmark_metrics import BENCHMARK_METRICS, benchmark_metric
 
 TEACHER_FORCED_METRICS = ("token_accuracy", "sequence_accuracy", "bits_per_byte")
 
 
-def normalize_answer(text: str) -> str:
-    """SQuAD/NarrativeQA normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
 def token_f1(prediction: str, reference: str) -> float:
-    """Bag-of-tokens F1 between normalised answers (SQuAD's ``f1_score``)."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """Bag-of-tokens F1 of short answers: SQuAD's normalisation, except that an answer made of
+    articles keeps them, so a gold answer "A" (a choice letter) never matches an empty prediction
+    (see :mod:`ssmlora_app.scoring.short_answer`)."""
+    return short_answer_f1(prediction, reference)
 
 
 class _MeanOverExamples(Metric):
@@ -84,17 +70,18 @@ class _MeanOverExamples(Metric):
 
 
 class TokenF1(_MeanOverExamples):
-    """Token F1 (SQuAD normalisation), max over references, mean over examples."""
+    """Token F1 (:func:`token_f1`), max over references, mean over examples."""
 
     def score(self, prediction: str, reference: str) -> float:
         return token_f1(prediction, reference)
 
 
 class ExactMatch(_MeanOverExamples):
-    """1 when the normalised prediction equals a normalised reference."""
+    """1 when the prediction's answer tokens equal a reference's (the normalisation of
+    :func:`token_f1`: "A" is not the empty answer)."""
 
     def score(self, prediction: str, reference: str) -> float:
-        return float(normalize_answer(prediction) == normalize_answer(reference))
+        return short_answer_exact(prediction, reference)
 
 
 class GroupedExactMatch(Metric):

@@ -21,6 +21,7 @@ and exported as
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,14 @@ from ssmlora_app.adapters import (
     method_of,
     save_adapter,
 )
+from ssmlora_app.adapters.inject import inner_model
 from ssmlora_app.adapters.interop import load_foreign_lora
+from ssmlora_app.atomic import respect_umask
 from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.factory import build_model
 from ssmlora_app.objectives import objective_for
+from ssmlora_app.outputs import check_output_dir
 from ssmlora_app.run import RunFolder, RunRecord, read_checkpoint
 from ssmlora_app.tasks import TASKS, Task, TaskInfo
 from ssmlora_app.tokenization import load_tokenizer
@@ -171,7 +175,7 @@ def rebuild(
 
 
 def _probe_inputs(model: nn.Module, length: int = 16) -> dict[str, torch.Tensor]:
-    config = model.config
+    config = inner_model(model).config
     length = min(length, getattr(config, "max_position_embeddings", length) - 2)
     generator = torch.Generator().manual_seed(0)
     low = 3 if config.vocab_size > 8 else 0  # keep clear of the special tokens
@@ -186,7 +190,7 @@ def merge_into_backbone(model: nn.Module, verify: bool = True) -> nn.Module:
     model. With ``verify``, its logits on random tokens must equal the adapter model's."""
     inputs = _probe_inputs(model) if verify else None
     before = model(**inputs).logits.float() if verify else None
-    merge_and_unload(model)  # SsmloraError for a method that is not mergeable
+    model = merge_and_unload(model)  # SsmloraError for a method that is not mergeable
     if verify:
         after = model(**inputs).logits.float()
         if not torch.allclose(before, after, atol=1e-4, rtol=1e-3):
@@ -200,9 +204,9 @@ def merge_into_backbone(model: nn.Module, verify: bool = True) -> nn.Module:
 def merge_refusal(model: nn.Module) -> str | None:
     """Why no ``merged/`` can be written for ``model``; None when it can."""
     method = method_of(model)
-    if not method.mergeable:
+    if not method.can_merge(adapter_config(model)):
         return f"{method.name} adapters cannot be merged into the backbone"
-    if not isinstance(model, PreTrainedModel):
+    if not isinstance(inner_model(model), PreTrainedModel):
         return (
             f"a merged {type(model).__name__} has no transformers class to be saved as; "
             "use the adapter folder with the backbone"
@@ -227,8 +231,12 @@ def _label_names(rebuilt: Rebuilt) -> tuple[str, ...] | None:
 
 
 def export_rebuilt(rebuilt: Rebuilt, out: str | Path, merge: bool = True) -> dict[str, Path]:
-    """Write ``adapter/`` and, for adapters that can be merged, ``merged/`` under ``out``."""
+    """Write ``adapter/`` and, for adapters that can be merged, ``merged/`` under ``out`` (an
+    earlier export's ``adapter/`` and ``merged/`` there are removed first: nothing stale stays)."""
     out = Path(out)
+    for old in (out / "adapter", out / "merged"):
+        if old.is_dir():
+            shutil.rmtree(old)
     label_names = _label_names(rebuilt)
     written = {
         "adapter": save_adapter(
@@ -250,6 +258,7 @@ def export_rebuilt(rebuilt: Rebuilt, out: str | Path, merge: bool = True) -> dic
     tokenizer = _tokenizer(rebuilt)
     if tokenizer is not None:
         tokenizer.save_pretrained(out / "merged")
+    respect_umask(out / "merged")  # safetensors writes 0600
     written["merged"] = out / "merged"
     return written
 
@@ -264,6 +273,7 @@ def export(
     num_labels: int | None = None,
     alpha: float | None = None,
     merge: bool = True,
+    overwrite: bool = False,
 ) -> None:
     """Export a trained adapter: ``OUT/adapter`` (adapter + head; for LoRA also a peft
     directory) and, for mergeable methods, ``OUT/merged`` (a plain Hugging Face model with its
@@ -280,7 +290,10 @@ def export(
         num_labels: With --adapter and no --task: the head's outputs (default: from its weights).
         alpha: lora_alpha of a loralib state dict (not stored in the file).
         merge: Also write the merged model (mergeable methods only, e.g. LoRA).
+        overwrite: Write into an ``out`` that already holds files (an earlier export's adapter/
+            and merged/ are replaced; nothing of theirs stays).
     """
+    check_output_dir(out, "--out", overwrite)
     rebuilt = rebuild(run, checkpoint, adapter, backbone, task, num_labels, alpha)
     refusal = merge_refusal(rebuilt.model)
     written = export_rebuilt(rebuilt, out, merge=merge)
@@ -297,6 +310,7 @@ def import_adapter(
     task: str | None = None,
     num_labels: int | None = None,
     alpha: float | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Import a LoRA adapter made elsewhere (a peft folder or a loralib state dict) as an ssmlora
     adapter folder, mapped onto this backbone's modules; use it with
@@ -309,11 +323,19 @@ def import_adapter(
         task: The task (sizes the head); else --num_labels or the saved head's size.
         num_labels: Outputs of the head when there is no --task.
         alpha: lora_alpha of a loralib state dict (not stored in the file).
+        overwrite: Write into an ``out`` that already holds files.
     """
+    check_output_dir(out, "--out", overwrite)
     rebuilt = rebuild(
         adapter=source, backbone=backbone, task=task, num_labels=num_labels, alpha=alpha
     )
-    path = save_adapter(rebuilt.model, out, base_model_name_or_path=backbone.name_or_path)
+    label_names = _label_names(rebuilt)
+    path = save_adapter(
+        rebuilt.model,
+        out,
+        base_model_name_or_path=backbone.name_or_path,
+        metadata={"label_names": list(label_names)} if label_names else None,
+    )
     config = adapter_config(rebuilt.model)
     print(f"Imported LoRA r={config.r} alpha={config.alpha} on {len(config.target_modules)} layers")
     print(f"Adapter written to {path}")

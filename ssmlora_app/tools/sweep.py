@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ssmlora_app.adapters import ADAPTERS, AdapterConfig, get_method
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.outputs import check_output_dir
 from ssmlora_app.run import RunFolder
 
 ADAPTER_FILE_SUFFIXES = (".yaml", ".yml")
@@ -118,11 +119,36 @@ def sweep_commands(
     return commands
 
 
+def _run_folder(command: list[str]) -> RunFolder:
+    """The run folder a sweep command logs to (from its :meth:`RunFolder.logger_args`)."""
+    args = dict(a.removeprefix("--trainer.logger.init_args.").split("=", 1) for a in command
+                if a.startswith("--trainer.logger.init_args."))  # fmt: skip
+    return RunFolder.at(args["save_dir"], args["name"], args["version"])
+
+
+def plan(command: list[str]) -> tuple[str, list[str]]:
+    """What a (re)run of a sweep does with one command: ``run`` it (a new run), ``resume`` it from
+    its folder's last.ckpt (a run that was stopped: the command gains ``--ckpt_path``), or
+    ``skip`` it (finished: it wrote its adapter). A folder with logs but no checkpoint is run, and
+    fit refuses it naming the folder (nothing is overwritten)."""
+    folder = _run_folder(command)
+    if folder.has_adapter():
+        return "skip", command
+    if folder.last_checkpoint.is_file():
+        return "resume", [*command, f"--ckpt_path={folder.last_checkpoint}"]
+    return "run", command
+
+
 def run_sweep(commands: list[list[str]], dry_run: bool) -> int:
     """Print the commands (``dry_run``) or run them one after another; returns the number that
-    failed (a failed run does not stop the others)."""
+    failed (a failed run does not stop the others). Finished runs are skipped and stopped ones
+    resumed (see :func:`plan`), so rerunning a sweep completes it without redoing anything."""
     failed = 0
     for command in commands:
+        action, command = plan(command)
+        if action == "skip":
+            print(f"sweep: skipped, finished: {_run_folder(command).path}", flush=True)
+            continue
         line = shlex.join(["ssmlora", *command])
         print(line, flush=True)
         if not dry_run:
@@ -152,11 +178,13 @@ def sweep(
             their default config, or adapter YAML files (``{class_path, init_args}``, one variant
             per file, named by the file's stem, with optional ``overrides``: that variant's own
             arguments, e.g. its learning rate); null keeps the configs' own adapters.
-        runs: Runs folder; each run logs to ``RUNS/<config>[_<adapter>]/seed<seed>``.
+        runs: Runs folder; each run logs to ``RUNS/<config>[_<adapter>]/seed<seed>``. A rerun
+            skips the runs that finished and resumes those that stopped from their last.ckpt.
         overrides: Extra arguments for every run (e.g. ``["--trainer.max_epochs=3"]``); they
             come last, so they win over an adapter file's own overrides.
         dry_run: Print the commands, one per line, instead of running them.
     """
+    check_output_dir(runs, "--runs", overwrite=None)
     commands = sweep_commands(configs, seeds, adapters, runs, overrides or [])
     failed = run_sweep(commands, dry_run)
     if failed:

@@ -4,8 +4,11 @@ Every folder under the given roots that holds ``events.out.tfevents.*`` and ``hp
 run (``runs/<name>/version_N``). From each: the task and its headline metric (``task_info``, e.g.
 ``val/mcc`` for CoLA, ``val_matched/accuracy`` for MNLI), the adapter config, the parameter
 counts, the seed (``seed_everything`` in ``config.yaml``) and the validation curve. A run's score is
-its best validation value over the evaluations (the papers' GLUE protocol); runs with the same task
-and adapter config are seeds of one cell, reported as mean ± sample standard deviation.
+its best validation value over the evaluations (the papers' GLUE protocol); runs of one task whose
+settings agree on everything but the seed and the logging keys are the seeds of one cell, reported
+as mean ± sample standard deviation (one run per seed: identical reruns and a killed run's part
+before its resume count once; see :mod:`.results`). A run whose best score stays at the
+majority-class baseline is marked collapsed, with a footnote.
 
 The main table follows the GLUE tables of the LoRA/adapter papers: one row per method with its
 number of adapter parameters (head excluded), one column per task, and the average.
@@ -17,9 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ssmlora_app.errors import SsmloraError
+from ssmlora_app.outputs import check_output_dir
 from ssmlora_app.run import RunFolder
 from ssmlora_app.tools.report.plots import plot_curves, plot_params
-from ssmlora_app.tools.report.results import Cell, RunResult, group, read_run
+from ssmlora_app.tools.report.results import Cell, RunResult, group, pool, read_run
 from ssmlora_app.tools.report.tables import csv_text, latex, markdown
 
 __all__ = ["Cell", "RunResult", "build_report", "read_run", "report"]
@@ -36,7 +40,9 @@ def build_report(
     unknown = set(formats) - {"md", "csv", "tex"}
     if unknown:
         raise SsmloraError(f"Unknown report formats {sorted(unknown)}: use md, csv and/or tex.")
+    check_output_dir(out, "--out", overwrite=None)
     results = [r for r in map(read_run, RunFolder.find(roots)) if r is not None]
+    results, left_out = pool(results)
     if not results:
         raise SsmloraError(
             f"No finished runs under {', '.join(map(str, roots))}: expected folders with "
@@ -46,7 +52,7 @@ def build_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     writers = {
-        "md": lambda: markdown(cells, percent),
+        "md": lambda: markdown(cells, percent, left_out),
         "csv": lambda: csv_text(cells),
         "tex": lambda: latex(cells, percent),
     }

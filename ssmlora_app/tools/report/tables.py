@@ -29,6 +29,10 @@ def unit(cell: Cell, percent: bool) -> float:
     return 100.0 if percent and cell.metric.rsplit("/", 1)[-1] in PERCENT else 1.0
 
 
+COLLAPSED = "collapsed"
+"""The mark of a cell with a run whose best score stays at the majority-class baseline."""
+
+
 def _format(cell: Cell | None, percent: bool, latex: bool = False) -> str:
     if cell is None:
         return "–"
@@ -38,7 +42,27 @@ def _format(cell: Cell | None, percent: bool, latex: bool = False) -> str:
     if cell.sd is not None:
         sd = f"{cell.sd * scale:.{digits}f}"
         text += rf"$_{{\pm {sd}}}$" if latex else f" ± {sd}"
+    if cell.collapsed:
+        text += rf" ({COLLAPSED}$^\dagger$)" if latex else f" ({COLLAPSED}†)"
     return text
+
+
+def collapse_notes(cells: Sequence[Cell], percent: bool = True) -> list[str]:
+    """One footnote line per collapsed run: its score, the baseline it stays at, its folder."""
+    lines = []
+    for cell in cells:
+        scale = unit(cell, percent)
+        for run in cell.collapsed:
+            at = (
+                f"the majority-class accuracy {run.baseline * scale:.1f}"
+                if run.baseline is not None and run.metric.endswith("accuracy")
+                else "0, the MCC of a constant prediction"
+            )
+            lines.append(
+                f"{cell.task}, {cell.method}, seed {run.seed}: best {run.best * scale:.1f} stays at "
+                f"{at} ({run.path})"
+            )
+    return lines
 
 
 def _params(count: float | None) -> str:
@@ -88,6 +112,7 @@ def _detail_rows(cells: Sequence[Cell]) -> tuple[list[str], list[list[str]]]:
         "adapter_params",
         "trainable_params",
         "best_epochs",
+        "collapsed_seeds",
         "runs",
     ]
     rows = []
@@ -105,6 +130,7 @@ def _detail_rows(cells: Sequence[Cell]) -> tuple[list[str], list[list[str]]]:
                     str(first.adapter_params or ""),
                     str(first.trainable_params or ""),
                     " ".join(str(r.best_epoch) for r in cell.runs),
+                    " ".join(str(r.seed) for r in cell.collapsed),
                     " ".join(str(r.path) for r in cell.runs),
                 ]
             )
@@ -117,19 +143,34 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(cells: Sequence[Cell], percent: bool = True) -> str:
-    """The paper-layout table, then the per-cell details (seeds, best epoch, parameters)."""
+def markdown(cells: Sequence[Cell], percent: bool = True, left_out: Sequence = ()) -> str:
+    """The paper-layout table, then the per-cell details (seeds, best epoch, parameters), the
+    collapsed runs (footnote †) and the runs left out of the pooling."""
     header, rows = _paper_rows(cells, percent)
     detail_header, detail = _detail_rows(cells)
     detail = [row[:-1] for row in detail]  # run paths: CSV only
     scale = " (×100 for accuracy, F1, MCC and correlations)" if percent else ""
-    return (
+    text = (
         f"Best validation score per run, mean ± sd over seeds{scale}; # Params: adapter "
         "parameters without the task head.\n\n"
         + _markdown(header, rows)
         + "\n"
         + _markdown(detail_header[:-1], detail)
     )
+    notes = collapse_notes(cells, percent)
+    if notes:
+        text += (
+            f"\n† {COLLAPSED}: the run's best score stays at what always predicting the majority "
+            "class scores (it learned nothing the baseline does not do); the mean includes it.\n"
+        )
+        text += "".join(f"- {line}\n" for line in notes)
+    if left_out:
+        text += (
+            "\nLeft out (the same settings and seed as a run above: an identical rerun, or a "
+            "killed run's part before its resume):\n"
+        )
+        text += "".join(f"- {r.path}\n" for r in left_out)
+    return text
 
 
 def csv_text(cells: Sequence[Cell]) -> str:
@@ -152,5 +193,8 @@ def latex(cells: Sequence[Cell], percent: bool = True) -> str:
         r"\midrule",
     ]
     lines += [" & ".join(row) + r" \\" for row in rows]
+    if any(c.collapsed for c in cells):
+        note = rf"$^\dagger$ {COLLAPSED}: best score at the majority-class baseline"
+        lines += [r"\midrule", rf"\multicolumn{{{len(header)}}}{{l}}{{{note}}} \\"]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
