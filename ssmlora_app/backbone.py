@@ -320,7 +320,9 @@ class SSMForSequenceClassification(nn.Module):
         labels: torch.Tensor | None = None,
         **unused,  # token_type_ids etc. from tokenizers made for other models
     ) -> SequenceClassifierOutput:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)[0]
+        # no state cache: a classifier reads the sequence once
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = outputs[0]
         if attention_mask is None:
             pad = self.config.pad_token_id
             attention_mask = (

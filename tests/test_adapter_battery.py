@@ -39,18 +39,29 @@ from tests.conftest import REPO, TINY_ROBERTA
 
 TINY_MAMBA = {"model_type": "mamba", "hidden_size": 16, "num_hidden_layers": 2, "state_size": 8,
               "expand": 2, "vocab_size": 120, "pad_token_id": 1}  # fmt: skip
+TINY_MAMBA2 = {"model_type": "mamba2", "hidden_size": 16, "num_hidden_layers": 2, "state_size": 8,
+               "expand": 2, "num_heads": 8, "head_dim": 4, "n_groups": 2, "chunk_size": 8,
+               "vocab_size": 120, "pad_token_id": 1}  # fmt: skip
 BACKBONES = {
     "roberta": (TINY_ROBERTA, ("query", "value"), "quickstart_random.yaml"),
     "mamba": (TINY_MAMBA, ("in_proj", "out_proj"), "quickstart_sdt.yaml"),
+    "mamba2": (TINY_MAMBA2, ("in_proj", "out_proj"), "quickstart_sdt_mamba2.yaml"),
 }
 """Backbone -> (config dict, LoRA-like targets, a quickstart config for that architecture)."""
 
+MAMBAS = {"mamba", "mamba2"}
 APPLIES = {
-    "lora": {"roberta", "mamba"},
+    "lora": {"roberta", *MAMBAS},
     "ssmlora": {"roberta"},
     "hrm": {"roberta"},
-    "sdt": {"mamba"},
+    "sdt": MAMBAS,
     "ia3": {"roberta"},
+    "init_state": MAMBAS,
+    "state_offset": MAMBAS,
+    "additional_scan": MAMBAS,
+    "ssm_prefix": MAMBAS,
+    "layer_freeze": MAMBAS,
+    "mamba_lora": MAMBAS,
     "peft": {"roberta"},  # peft's methods on transformers models, not the Mamba classifier
     "qlora": set(),  # 4-bit weights need a GPU (tests/test_qlora.py runs it where there is one)
 }

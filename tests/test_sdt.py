@@ -16,7 +16,7 @@ from ssmlora_app.adapters import (
     save_adapter,
     unmerge_adapters,
 )
-from ssmlora_app.adapters.sdt_phases import SELECTED, WARMUP, sdt_phase, start_warmup
+from ssmlora_app.adapters.sdt_phases import SELECTED, WARMUP, kept, sdt_phase, start_warmup
 from ssmlora_app.adapters.sdt_select import select_dimensions
 from ssmlora_app.backbone import BackboneConfig, SSMForSequenceClassification, build_classifier
 from ssmlora_app.cli import main
@@ -33,7 +33,7 @@ TINY_MAMBA = {
     "vocab_size": 50,
     "pad_token_id": 0,
 }
-SMALL = {"channel_freeze": 0.9, "state_freeze": 0.5}  # k_c = ⌊0.1·32⌋ = 3, k_s = 4
+SMALL = {"channel_freeze": 0.9, "state_freeze": 0.5}  # k_c = 32 − round(28.8) = 3, k_s = 8 − 4 = 4
 
 
 def tiny_mamba(seed: int = 0):
@@ -127,6 +127,39 @@ def test_trainable_count_of_mamba_130m_shapes_is_455328():
         model = SSMForSequenceClassification(AutoModel.from_config(config))
     inject_adapters(model, SDTConfig(r=8, sparse_targets=[]))
     assert count_trainable_parameters(model, include_head=False) == 442_368
+
+
+@pytest.mark.parametrize(
+    ("total", "freeze", "expected"),
+    [
+        (16, 0.75, 4),  # Mamba-130M states at the paper's default
+        (16, 0.9, 2),  # floor((1 - 0.9)·16) would keep 1
+        (16, 0.95, 1),
+        (1536, 0.99, 15),  # Mamba-130M channels
+        (3072, 0.99, 31),  # Mamba-790M: floor would keep 30
+        (4096, 0.99, 41),  # Mamba-1.4B: floor would keep 40
+        (64, 0.99, 1),
+        (2, 0.75, 1),  # 2 − round(1.5) = 0 (halves to even, as Python's round): at least 1
+    ],
+)
+def test_kept_dimensions_follow_the_reference_count(total, freeze, expected):
+    """The SDLoRA reference keeps ``n − round(freeze·n)`` dimensions."""
+    assert kept(total, freeze) == expected
+
+
+def test_the_papers_state_freeze_budgets_on_mamba_130m_shapes():
+    """state_freeze 0.75 / 0.9 / 0.95 (channel_freeze 0.99): 4 / 2 / 1 states in 15 channels."""
+    config = MambaConfig(
+        hidden_size=768, num_hidden_layers=24, state_size=16, expand=2, vocab_size=50280
+    )
+    config.num_labels = 2
+    for state_freeze, states in ((0.75, 4), (0.9, 2), (0.95, 1)):
+        with torch.device("meta"):
+            model = SSMForSequenceClassification(AutoModel.from_config(config))
+        inject_adapters(model, SDTConfig(channel_freeze=0.99, state_freeze=state_freeze))
+        assert a_log_delta(model).theta.shape == (15, states)
+        per_layer = 15 * states + 2 * 16 * 15 + 8 * (1536 + 768)
+        assert count_trainable_parameters(model, include_head=False) == 24 * per_layer
 
 
 def test_selection_takes_the_largest_squared_change_with_ties_to_the_lower_index():

@@ -37,7 +37,9 @@ TINY_MAMBA2 = {
     "vocab_size": 50,
     "pad_token_id": 0,
 }
-SMALL = {"channel_freeze": 0.75}  # k_h = ⌊0.25·8⌋ = 2 heads, k_g = max(1, ⌊0.25·2⌋) = 1 group
+SMALL = {
+    "channel_freeze": 0.75
+}  # k_h = 8 − round(6) = 2 heads, k_g = max(1, 2 − round(1.5)) = 1 group
 HEAD_TENSORS = ("A_log", "dt_bias", "D")
 
 

@@ -75,7 +75,7 @@ def test_fit_stops_before_training_when_the_tokenizer_does_not_cover_the_text(tm
     get_task("quickstart").builtin_tokenizer().save_pretrained(tokenizer)
     config = {
         "trainer": {"max_epochs": 1, "logger": False, "enable_progress_bar": False,
-                    "default_root_dir": str(tmp_path)},
+                    "default_root_dir": str(tmp_path / "run")},
         "model": {"backbone": {"config": {"model_type": "roberta", "hidden_size": 16,
                                           "num_hidden_layers": 1, "num_attention_heads": 2,
                                           "intermediate_size": 32},
@@ -92,7 +92,7 @@ def test_fit_stops_before_training_when_the_tokenizer_does_not_cover_the_text(tm
     errors = [line for line in err.splitlines() if line.startswith("ssmlora: error:")]
     assert len(errors) == 1 and "to unknown or special tokens" in errors[0], err
     assert "Traceback" not in err
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_missing_gguf_package_is_named(monkeypatch):

@@ -37,6 +37,12 @@ from ssmlora_app.adapters.hrm import HRMConfig, HRMLayer, HRMModalLayer  # isort
 from ssmlora_app.adapters.sdt import SDTConfig  # isort: skip
 from ssmlora_app.adapters.full import FullFinetuneConfig  # isort: skip
 from ssmlora_app.adapters.bitfit import BitFitConfig  # isort: skip
+from ssmlora_app.adapters.init_state import InitialStateConfig  # isort: skip
+from ssmlora_app.adapters.state_offset import StateOffsetConfig  # isort: skip
+from ssmlora_app.adapters.additional_scan import AdditionalScanConfig  # isort: skip
+from ssmlora_app.adapters.ssm_prefix import SSMPrefixConfig  # isort: skip
+from ssmlora_app.adapters.layer_freeze import LayerFreezeConfig  # isort: skip
+from ssmlora_app.adapters.mamba_lora import MambaLoRAConfig  # isort: skip
 from ssmlora_app.adapters.peft_adapter import PeftConfig  # isort: skip
 from ssmlora_app.adapters.qlora import QLoRAConfig  # isort: skip
 
@@ -46,6 +52,7 @@ __all__ = [
     "AdapterLayer",
     "AdapterMethod",
     "AdapterState",
+    "AdditionalScanConfig",
     "BenchSettings",
     "BitFitConfig",
     "Diagnostics",
@@ -53,13 +60,18 @@ __all__ = [
     "HRMConfig",
     "HRMLayer",
     "HRMModalLayer",
+    "InitialStateConfig",
+    "LayerFreezeConfig",
     "LoRAConfig",
     "LoRALinear",
+    "MambaLoRAConfig",
     "PeftConfig",
     "QLoRAConfig",
     "SDTConfig",
     "SSMLoRAConfig",
     "SSMLoRALinear",
+    "SSMPrefixConfig",
+    "StateOffsetConfig",
     "adapter_config",
     "adapter_diagnostics",
     "adapter_state_dict",

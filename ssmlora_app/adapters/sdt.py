@@ -33,12 +33,12 @@ from torch import nn
 
 from ssmlora_app.adapters.base import AdapterConfig
 from ssmlora_app.adapters.lora import add_lora, lora_scaling
+from ssmlora_app.adapters.mamba_targets import find_mixers, mixer_kind
 from ssmlora_app.adapters.method import AdapterMethod, BenchSettings
 from ssmlora_app.adapters.registry import register_adapter
 from ssmlora_app.adapters.sdt_mamba1 import inject_mamba1
 from ssmlora_app.adapters.sdt_mamba2 import inject_mamba2
-from ssmlora_app.adapters.sdt_phases import mixer_kind
-from ssmlora_app.adapters.targets import find_config_targets, layer_index, name_matches, under
+from ssmlora_app.adapters.targets import find_config_targets
 from ssmlora_app.errors import SsmloraError
 
 SPARSE_TARGETS = ("A_log", "x_proj")
@@ -66,13 +66,13 @@ class SDTConfig(AdapterConfig):
     """LoRA input dropout. Must be 0: a weight re-parametrisation has no input to drop."""
 
     channel_freeze: float = 0.99
-    """Fraction of each layer's channels left frozen; ``⌊(1 − channel_freeze)·D⌋`` (≥ 1) are
+    """Fraction of each layer's channels left frozen; ``D − round(channel_freeze·D)`` (≥ 1) are
     selected (paper: 0.99, i.e. 1%). Mamba-2: the fraction of heads (and of B/C groups) left
     frozen."""
 
     state_freeze: float = 0.75
     """Fraction of the states of a selected channel left frozen in ``A_log``; the top
-    ``⌊(1 − state_freeze)·N⌋`` (≥ 1) are trained (paper: 0.75 / 0.9 / 0.95). Unused on
+    ``N − round(state_freeze·N)`` (≥ 1) are trained (paper: 0.75 / 0.9 / 0.95). Unused on
     Mamba-2 (its A has no state axis)."""
 
     warmup_steps: int = 20
@@ -122,24 +122,6 @@ class SDTConfig(AdapterConfig):
     @property
     def scaling(self) -> float:
         return lora_scaling(self.alpha, self.r)
-
-
-def find_mixers(
-    model: nn.Module, config: SDTConfig, skip: Sequence[str] = ()
-) -> list[tuple[str, nn.Module]]:
-    """The Mamba-1 / Mamba-2 mixers that get sparse deltas (honouring ``layers_to_transform``)."""
-    mixers = []
-    for name, module in model.named_modules():
-        if mixer_kind(module) is None or under(name, skip):
-            continue
-        if config.exclude_modules is not None and name_matches(name, config.exclude_modules):
-            continue
-        if config.layers_to_transform is not None:
-            index = layer_index(name + ".", config.layers_pattern)
-            if index is None or index not in config.layers_to_transform:
-                continue
-        mixers.append((name, module))
-    return mixers
 
 
 def inject_sdt(model: nn.Module, config: SDTConfig, skip: Sequence[str]) -> list[str]:

@@ -5,7 +5,8 @@
     x_proj'[C rows] = x_proj[C rows] + scatter(θ_C)    θ_C (N, k_c)
 
 (the SDLoRA paper's selective dimension tuning of ``A``, ``B``, ``C``), with
-``k_c = ⌊(1 − channel_freeze)·D⌋`` and ``k_s = ⌊(1 − state_freeze)·N⌋`` (at least 1 each).
+``k_c = D − round(channel_freeze·D)`` and ``k_s = N − round(state_freeze·N)`` (at least 1 each,
+as the reference code counts them).
 The selection scores ``I = ΔA_log²`` of the warm-up's dense ``ΔA_log``: the top channels by
 ``Σ_n I[d, n]``, then the top states within each kept channel.
 """

@@ -3,14 +3,14 @@
 
 ``A`` is one scalar per head, so *heads* play the role of Mamba-1's channels. The warm-up trains
 a dense ``ΔA_log (H,)``; heads are scored by ``ΔA_log²`` and the top
-``k_h = ⌊(1 − channel_freeze)·H⌋`` (≥ 1, ties to the lower index) are kept. The sparse targets
+``k_h = H − round(channel_freeze·H)`` (≥ 1, ties to the lower index) are kept. The sparse targets
 keep their Mamba-1 names, applied to the tensors that play those roles::
 
     "A_log":  A_log' = A_log + scatter(heads, θ_A),  dt_bias', D' likewise   θ (k_h,) each
     "x_proj": in_proj'[B rows of g] += θ_B[g], in_proj'[C rows of g] += θ_C[g]  θ (k_g, N, D_m)
 
 B and C are shared by the ``H/G`` heads of a group, so their rows cannot follow single heads:
-groups are scored by the sum of their heads' scores and the top ``k_g = ⌊(1 − channel_freeze)·G⌋``
+groups are scored by the sum of their heads' scores and the top ``k_g = G − round(channel_freeze·G)``
 (≥ 1) groups get deltas on all ``N`` states of their B and C rows (the input columns are the
 model dimension ``D_m``; there is no channel to select). With ``G = 1`` (e.g. mamba2-130m) that
 is every B/C row, ``2·N·D_m`` per layer. ``state_freeze`` has no counterpart (A has no state

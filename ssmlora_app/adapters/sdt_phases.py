@@ -13,7 +13,6 @@ Every SSM-delta module is a weight re-parametrisation (``torch.nn.utils.parametr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -22,25 +21,21 @@ from torch.nn.utils import parametrize
 
 from ssmlora_app.adapters.base import AdapterLayer
 from ssmlora_app.adapters.lora import LoRAWeight
+from ssmlora_app.adapters.mamba_targets import MIXER_KINDS, mixer_kind  # noqa: F401  (re-exported)
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.optim import NO_DECAY_ATTR
 
 IDLE, WARMUP, SELECTED = 0, 1, 2
 """Values of the ``phase`` buffer of the SSM-delta modules."""
 
-MIXER_KINDS = {"MambaMixer": "mamba", "Mamba2Mixer": "mamba2"}
-"""HF mixer class -> ``mamba`` (Mamba-1) or ``mamba2``."""
-
-
-def mixer_kind(module: nn.Module) -> str | None:
-    """``"mamba"`` for a Mamba-1 mixer, ``"mamba2"`` for a Mamba-2 one, else None."""
-    return MIXER_KINDS.get(type(module).__name__.removeprefix("Parametrized"))
-
 
 def kept(total: int, freeze: float) -> int:
-    """How many of ``total`` dimensions a freeze ratio leaves trainable: ``⌊(1−freeze)·total⌋``,
-    at least 1 (the epsilon absorbs float error, e.g. ``0.01·1536 = 15.360000000000014``)."""
-    return max(1, min(total, math.floor((1.0 - freeze) * total + 1e-9)))
+    """How many of ``total`` dimensions a freeze ratio leaves trainable: ``total − round(freeze ·
+    total)``, as the SDLoRA reference code computes it (so the paper's configs give the paper's
+    budgets: ``state_freeze`` 0.9 keeps 2 of 16 states; ``channel_freeze`` 0.99 keeps 15, 31 and
+    41 of 1536, 3072 and 4096 channels), at least 1. ``round`` is Python's (halves to even), as
+    in the reference."""
+    return max(1, min(total, total - round(freeze * total)))
 
 
 def no_decay(p: nn.Parameter) -> nn.Parameter:

@@ -190,7 +190,20 @@ PRESETS: MappingProxyType[str, BenchPreset] = MappingProxyType(
             cpu_seq_lens=(64, 128),  # transformers' reference selective scan: 30 s/step at 512
             cpu_batch_size=1,
             lora_targets=("in_proj", "out_proj"),
-            methods=("frozen", "full", "lora", "peft_lora", "sdt"),
+            methods=(
+                "frozen",
+                "full",
+                "lora",
+                "peft_lora",
+                "sdt",
+                "bitfit",
+                "mamba_lora",
+                "layer_freeze",
+                "init_state",
+                "state_offset",
+                "additional_scan",
+                "ssm_prefix",
+            ),
             requires_adapter="sdt",
         ),
     }
