@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.outputs import check_output_dir
@@ -216,6 +216,10 @@ def place_fit(config: Namespace, checkpoint: CheckpointInfo | None) -> Placement
             run = RunFolder.next_version("runs", NO_LOGGER_NAME)
         trainer.default_root_dir = str(run.path)
     resume = resumed_run is not None and run.path.resolve() == resumed_run
+    if rank_zero_only.rank != 0:
+        # A DDP process launched after rank 0 (or beside it under torchrun/SLURM) finds the folder
+        # rank 0 is creating: rank 0 alone checks it and alone owns (and may remove) it.
+        return Placement(run, created=False, resume=resume)
     if run.holds_run() and not resume:
         last = run.last_checkpoint
         how = (

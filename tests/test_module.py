@@ -44,7 +44,7 @@ def test_fit_on_other_task_shapes(tmp_path, word_tokenizer, task, expected, capl
         root = write_glue(tmp_path / "glue", task)
     config = {
         "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False,
-                    "default_root_dir": str(tmp_path), "logger": False},
+                    "default_root_dir": str(tmp_path / "run"), "logger": False},
         "model": {"backbone": {"config": {k: v for k, v in TINY_ROBERTA.items() if k != "vocab_size"},
                                "tokenizer": str(word_tokenizer)}},
         "data": {"task": task, "data_dir": str(root), "batch_size": 2, "max_length": 32},

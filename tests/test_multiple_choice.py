@@ -182,9 +182,9 @@ def test_a_tiny_race_fit_is_scored_per_level_on_validation_and_test(race_root, t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
-    for events in (tmp_path / "t" / "v").glob("events.out.tfevents*"):
+    for events in (tmp_path / "t" / "v").rglob("events.out.tfevents*"):
         tags |= set(EventAccumulator(str(events)).Reload().Tags()["scalars"])
-    for stage in ("val", "test"):  # test: RACE's held-out test split
+    for stage in ("val", "test"):  # test: RACE's held-out test split, logged inside the run
         assert {f"{stage}/accuracy{s}" for s in ("", "_middle", "_high")} <= tags, tags
 
 

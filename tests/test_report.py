@@ -123,3 +123,26 @@ def test_no_runs_is_a_clear_error(tmp_path):
         RunFolder.find([tmp_path / "missing"])
     with pytest.raises(SsmloraError, match="Unknown report formats"):
         build_report([tmp_path], tmp_path / "out", formats=["html"])
+
+
+def test_seconds_per_step_is_the_median_rate_between_logged_steps(tmp_path):
+    """Steps 10, 20, 30, 40 logged 1 s apart (0.1 s/step) but one interval holding a 30 s
+    evaluation: the median rate is the step's, and the report's detail table carries it."""
+    run = fake_run(tmp_path, "cola", "lora8", 0)
+    folder = RunFolder(run)
+    assert folder.seconds_per_step("val/mcc") is not None  # every logged tag has wall times
+    timed = tmp_path / "timed" / "version_0"
+    timed.mkdir(parents=True)
+    with SummaryWriter(str(timed)) as writer:
+        for step, wall in ((10, 100.0), (20, 101.0), (30, 132.0), (40, 133.0), (50, 134.0)):
+            writer.add_scalar("train/loss", 0.5, step, walltime=wall)
+    assert RunFolder(timed).seconds_per_step() == pytest.approx(0.1)
+    assert RunFolder(timed).seconds_per_step("absent/tag") is None
+    rows = {r["method"]: r for r in csv.DictReader((build_report_csv(tmp_path)).splitlines())}
+    assert all(float(r["s_per_step"]) >= 0 for r in rows.values())
+
+
+def build_report_csv(root) -> str:
+    out = root / "report"
+    main(["report", f"--runs={root}", f"--out={out}", "--plots=false", "--formats=[csv]"])
+    return (out / "report.csv").read_text()

@@ -18,7 +18,9 @@ checkpoints), and ``export``, ``report``, ``predict`` and ``sweep`` read runs th
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +230,24 @@ class RunFolder:
             by_step = {e.step: e.value for e in sorted(accumulator.Scalars(tag), key=_wall_time)}
             scalars[tag] = sorted(by_step.items())
         return scalars
+
+    def seconds_per_step(self, tag: str = "train/loss") -> float | None:
+        """Median wall-clock seconds of a training step: between consecutive logged points of
+        ``tag`` (every ``log_every_n_steps``), elapsed time over steps taken; the median leaves out
+        the intervals an evaluation or a checkpoint falls in. None with fewer than two points."""
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        accumulator = EventAccumulator(str(self.path), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag not in accumulator.Tags()["scalars"]:
+            return None
+        events = sorted(accumulator.Scalars(tag), key=_wall_time)
+        rates = [
+            (later.wall_time - earlier.wall_time) / (later.step - earlier.step)
+            for earlier, later in itertools.pairwise(events)
+            if later.step > earlier.step
+        ]
+        return statistics.median(rates) if rates else None
 
 
 def _wall_time(event) -> float:

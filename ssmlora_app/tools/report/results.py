@@ -51,6 +51,8 @@ class RunResult:
     last_step: int = 0
     baseline: float | None = None
     """Majority-class accuracy of the evaluation split, as the fit logged it."""
+    seconds_per_step: float | None = None
+    """Median wall time of a training step (``RunFolder.seconds_per_step``)."""
 
     @property
     def method_key(self) -> str:
@@ -103,6 +105,12 @@ class Cell:
     def collapsed(self) -> list[RunResult]:
         return [r for r in self.runs if r.collapsed]
 
+    @property
+    def seconds_per_step(self) -> float | None:
+        """Median over the seeds of each run's median step time."""
+        times = [r.seconds_per_step for r in self.runs if r.seconds_per_step is not None]
+        return statistics.median(times) if times else None
+
 
 def read_run(folder: RunFolder) -> RunResult | None:
     """The result of one run folder; None when it has no hparams.yaml, no headline metric yet, or
@@ -138,6 +146,7 @@ def read_run(folder: RunFolder) -> RunResult | None:
         settings=folder.settings(),
         finished=folder.has_adapter(),
         last_step=max(step for points in scalars.values() for step, _ in points),
+        seconds_per_step=folder.seconds_per_step(),
         baseline=next(
             (v for _, v in scalars.get(tag.rsplit("/", 1)[0] + f"/{BASELINE}", [])), None
         ),

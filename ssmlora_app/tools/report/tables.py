@@ -112,6 +112,7 @@ def _detail_rows(cells: Sequence[Cell]) -> tuple[list[str], list[list[str]]]:
         "adapter_params",
         "trainable_params",
         "best_epochs",
+        "s_per_step",
         "collapsed_seeds",
         "runs",
     ]
@@ -130,6 +131,7 @@ def _detail_rows(cells: Sequence[Cell]) -> tuple[list[str], list[list[str]]]:
                     str(first.adapter_params or ""),
                     str(first.trainable_params or ""),
                     " ".join(str(r.best_epoch) for r in cell.runs),
+                    "" if cell.seconds_per_step is None else f"{cell.seconds_per_step:.3g}",
                     " ".join(str(r.seed) for r in cell.collapsed),
                     " ".join(str(r.path) for r in cell.runs),
                 ]
