@@ -8,6 +8,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 WEIGHTS ?= $(HOME)/.cache/ssmlora/weights
+# pytest workers of `make test` (pytest-xdist; each runs torch on one thread): two for 2 cores.
+JOBS ?= 2
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
@@ -40,9 +42,9 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Everything: lint, unit tests, end-to-end tests and the real-weights tier.
+# Everything: lint, unit tests, end-to-end tests and the real-weights tier, on $(JOBS) workers.
 test: lint weights
-	$(OFFLINE) SSMLORA_WEIGHTS=$(WEIGHTS) $(BIN)/python -m pytest
+	$(OFFLINE) SSMLORA_WEIGHTS=$(WEIGHTS) $(BIN)/python -m pytest -n $(JOBS)
 
 # The unit tests alone (seconds).
 test-unit: $(BIN)/.installed

@@ -30,6 +30,19 @@ TINY_ROBERTA = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest first: the real-weights fits, then the other slow tests, then the unit tests. With
+    ``pytest -n 2`` (the README's test command) the two workers then finish together instead of
+    one waiting on a fit handed out last; in one process the order changes nothing else."""
+
+    def rank(item) -> int:
+        if item.get_closest_marker("real") and item.get_closest_marker("slow"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)  # stable: the file order stays within each group
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--shared-data",

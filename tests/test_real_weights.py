@@ -257,12 +257,14 @@ class _ModeProbe(AdapterModule):
 def _sst2(minilm, shared_data, train, evaluate=200, batch_size=16):
     return TaskDataModule(task="sst2", data_dir=str(shared_data / "glue"), tokenizer=str(minilm),
                           max_length=64, batch_size=batch_size, max_train_samples=train,
-                          max_eval_samples=evaluate)  # fmt: skip
+                          max_eval_samples=evaluate, eval_batch_size=100)  # fmt: skip
 
 
 def _trainer(**kwargs):
+    # no sanity-check batches: on SmolLM2 two generation batches cost as much as six steps
     return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, **kwargs)  # fmt: skip
+                     enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, **kwargs)  # fmt: skip
 
 
 def test_the_pretrained_backbone_trains_in_train_mode(minilm, shared_data):
@@ -337,7 +339,7 @@ ADDITION = AdditionTask(chat_template=True, sizes=(("train", 30 * 8), ("validati
 
 def _addition_data(smollm2):
     return TaskDataModule(task=ADDITION, objective="causal_lm", tokenizer=str(smollm2),
-                          max_length=64, batch_size=8)  # fmt: skip
+                          max_length=64, batch_size=8, eval_batch_size=40)  # fmt: skip
 
 
 def test_the_untrained_decoder_answers_the_addition_prompts_in_sentences(smollm2):
