@@ -10,7 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ssmlora_app.run import RunFolder
 from ssmlora_app.tools.report import build_report
-from ssmlora_app.tools.report.results import group, pool, read_run
+from ssmlora_app.tools.report.results import align_versions, group, pool, read_run
 
 LORA = {"adapter_type": "lora", "r": 8, "alpha": 16.0}
 TASKS = {"sst2": ("val/accuracy", ("validation",)), "cola": ("val/mcc", ("validation",))}
@@ -55,6 +55,26 @@ def test_seeds_of_one_configuration_pool_and_other_settings_do_not(tmp_path):
     assert [len(c.runs) for c in cells] == [1, 3]
     assert sorted(cells[1].values) == pytest.approx([0.8, 0.85, 0.9])
     assert cells[0].method == "lora (lr=0.01)" and cells[1].method == "lora (lr=0.001)"
+
+
+def test_an_option_added_since_an_older_run_does_not_split_its_seeds(tmp_path):
+    """Seed 0 was written before the app had ``data.num_beams`` (its config lacks the key); seeds
+    1 and 2 record the default. They pool; a setting both record and that differs still splits."""
+    for seed in range(3):
+        run = make_run(tmp_path / "a" / f"seed{seed}", seed=seed, values=(0.6, 0.8 + seed / 100))
+        if seed:
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            config["data"]["num_beams"] = 1
+            (run / "config.yaml").write_text(yaml.safe_dump(config))
+    found = results(tmp_path)
+    assert len({r.config_key for r in found}) == 2  # as the configs read
+    align_versions(found)
+    (cell,) = group(pool(found)[0])
+    assert len(cell.runs) == 3 and cell.method == "lora"
+    make_run(tmp_path / "b" / "seed0", lr=0.01, values=(0.6, 0.7))
+    found = results(tmp_path)
+    align_versions(found)
+    assert sorted(len(c.runs) for c in group(pool(found)[0])) == [1, 3]
 
 
 def test_a_rerun_and_a_resumed_run_count_once(tmp_path):

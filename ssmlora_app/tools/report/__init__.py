@@ -23,7 +23,14 @@ from ssmlora_app.errors import SsmloraError
 from ssmlora_app.outputs import check_output_dir
 from ssmlora_app.run import RunFolder
 from ssmlora_app.tools.report.plots import plot_curves, plot_params
-from ssmlora_app.tools.report.results import Cell, RunResult, group, pool, read_run
+from ssmlora_app.tools.report.results import (
+    Cell,
+    RunResult,
+    align_versions,
+    group,
+    pool,
+    read_run,
+)
 from ssmlora_app.tools.report.tables import csv_text, latex, markdown
 
 __all__ = ["Cell", "RunResult", "build_report", "read_run", "report"]
@@ -42,6 +49,7 @@ def build_report(
         raise SsmloraError(f"Unknown report formats {sorted(unknown)}: use md, csv and/or tex.")
     check_output_dir(out, "--out", overwrite=None)
     results = [r for r in map(read_run, RunFolder.find(roots)) if r is not None]
+    align_versions(results)
     results, left_out = pool(results)
     if not results:
         raise SsmloraError(

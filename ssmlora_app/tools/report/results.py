@@ -11,6 +11,7 @@ collapsed (see :func:`is_collapsed`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections.abc import Sequence
@@ -162,6 +163,25 @@ def _trained(folder: RunFolder, scalars: dict) -> bool:
         or bool(folder.checkpoint_files())
         or folder.has_adapter()
     )
+
+
+def align_versions(results: Sequence[RunResult]) -> None:
+    """Compare runs of one task on the settings (and adapter fields) they all record. A run
+    written by an older version of the app lacks the options added since (its config has no such
+    key: the option did not exist, so the run had the behaviour of its default); such a key does
+    not tell configurations apart. A setting every run records still does."""
+    for task in {r.task for r in results}:
+        same_task = [r for r in results if r.task == task]
+        common = set.intersection(*(set(r.settings) for r in same_task))
+        for result in same_task:
+            result.settings = {k: v for k, v in result.settings.items() if k in common}
+            text = json.dumps(result.settings, sort_keys=True, default=str)
+            result.settings_hash = hashlib.sha256(text.encode()).hexdigest()[:12]
+        for kind in {r.adapter.get("adapter_type") for r in same_task}:
+            runs = [r for r in same_task if r.adapter.get("adapter_type") == kind]
+            fields = set.intersection(*(set(r.adapter) for r in runs))
+            for result in runs:
+                result.adapter = {k: v for k, v in result.adapter.items() if k in fields}
 
 
 def pool(results: Sequence[RunResult]) -> tuple[list[RunResult], list[RunResult]]:
