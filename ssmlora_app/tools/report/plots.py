@@ -52,7 +52,7 @@ def plot_curves(cells: Sequence[Cell], path: Path, percent: bool = True) -> Path
 def plot_params(cells: Sequence[Cell], path: Path, percent: bool = True) -> Path:
     """Headline metric (mean ± sd over seeds) vs adapter parameters, one series per task."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, task in enumerate(tasks_of(cells)):
         points = [c for c in cells if c.task == task and c.runs[0].adapter_params]
         points.sort(key=lambda c: c.runs[0].adapter_params)
@@ -61,10 +61,12 @@ def plot_params(cells: Sequence[Cell], path: Path, percent: bool = True) -> Path
         xs = [c.runs[0].adapter_params for c in points]
         ys = [c.mean * unit(c, percent) for c in points]
         errs = [(c.sd or 0.0) * unit(c, percent) for c in points]
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=f"C{i % 10}", label=task)
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=f"C{i % 10}", label=task,
+                    linestyle="none")  # fmt: skip
         for x, y, cell in zip(xs, ys, points):
+            label = cell.method if len(cell.method) <= 40 else cell.method[:39] + "…"
             ax.annotate(
-                cell.method, (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
+                label, (x, y), fontsize="x-small", xytext=(4, 4), textcoords="offset points"
             )
     ax.set_xscale("log")
     ax.set_xlabel("adapter parameters (head excluded)")
