@@ -18,6 +18,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def _cache_attribute_docstrings() -> None:
+    """Every ``main([...])`` in the tests builds the whole CLI parser again, and 70 % of that is
+    jsonargparse reading the same classes' attribute docstrings from their source (``--help``
+    text). The ``ssmlora`` command builds its parser once per process; the tests read each class's
+    docstrings once per worker. Same results, a few minutes less for the suite."""
+    import functools
+
+    import docstring_parser
+
+    parse = docstring_parser.parse_from_object
+    cached = functools.lru_cache(maxsize=None)(lambda obj, style: parse(obj, style=style))
+
+    def parse_from_object(obj, style=docstring_parser.DocstringStyle.AUTO):
+        try:
+            return cached(obj, style)
+        except TypeError:  # an unhashable object
+            return parse(obj, style=style)
+
+    docstring_parser.parse_from_object = parse_from_object
+
+
+_cache_attribute_docstrings()
+
 TINY_ROBERTA = {
     "model_type": "roberta",
     "vocab_size": 120,
