@@ -90,7 +90,8 @@ def _paper_rows(
         counts.discard(None)
         params = _params(counts.pop()) if len(counts) == 1 else ("varies" if counts else "–")
         means = [c.mean * unit(c, percent) for c in by_task.values()]
-        average = f"{statistics.fmean(means):.1f}" if len(by_task) == len(tasks) else "–"
+        digits = 1 if all(unit(c, percent) == 100 for c in by_task.values()) else 3
+        average = f"{statistics.fmean(means):.{digits}f}" if len(by_task) == len(tasks) else "–"
         values = [_format(by_task.get(t), percent, latex) for t in tasks]
         name = method.replace("_", r"\_") if latex else method
         rows.append([name, params, *values, average])
