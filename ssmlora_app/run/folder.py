@@ -218,33 +218,36 @@ class RunFolder:
         spec = (self.config().get("data") or {}).get("task")
         return task_from_config(spec) if spec is not None else None
 
-    def scalars(self) -> dict[str, list[tuple[int, float]]]:
-        """Every scalar the run logged: tag -> ``(step, value)`` in step order, one per step."""
+    def scalar_events(self) -> dict[str, list]:
+        """Every scalar event the run logged (read once): tag -> events in wall-time order."""
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         accumulator = EventAccumulator(str(self.path), size_guidance={"scalars": 0})
         accumulator.Reload()
-        scalars = {}
-        for tag in accumulator.Tags()["scalars"]:
-            # A resumed run logs the steps after its checkpoint again: the later value counts.
-            by_step = {e.step: e.value for e in sorted(accumulator.Scalars(tag), key=_wall_time)}
-            scalars[tag] = sorted(by_step.items())
-        return scalars
+        return {
+            tag: sorted(accumulator.Scalars(tag), key=_wall_time)
+            for tag in accumulator.Tags()["scalars"]
+        }
 
-    def seconds_per_step(self, tag: str = "train/loss") -> float | None:
+    def scalars(self, events: dict[str, list] | None = None) -> dict[str, list[tuple[int, float]]]:
+        """Every scalar the run logged: tag -> ``(step, value)`` in step order, one per step
+        (from ``events`` when the caller read them already, see :meth:`scalar_events`)."""
+        events = self.scalar_events() if events is None else events
+        # A resumed run logs the steps after its checkpoint again: the later value counts.
+        return {
+            tag: sorted({e.step: e.value for e in tagged}.items()) for tag, tagged in events.items()
+        }
+
+    def seconds_per_step(
+        self, tag: str = "train/loss", events: dict[str, list] | None = None
+    ) -> float | None:
         """Median wall-clock seconds of a training step: between consecutive logged points of
         ``tag`` (every ``log_every_n_steps``), elapsed time over steps taken; the median leaves out
         the intervals an evaluation or a checkpoint falls in. None with fewer than two points."""
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        accumulator = EventAccumulator(str(self.path), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        if tag not in accumulator.Tags()["scalars"]:
-            return None
-        events = sorted(accumulator.Scalars(tag), key=_wall_time)
+        events = self.scalar_events() if events is None else events
         rates = [
             (later.wall_time - earlier.wall_time) / (later.step - earlier.step)
-            for earlier, later in itertools.pairwise(events)
+            for earlier, later in itertools.pairwise(events.get(tag, []))
             if later.step > earlier.step
         ]
         return statistics.median(rates) if rates else None

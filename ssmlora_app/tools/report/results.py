@@ -124,7 +124,8 @@ def read_run(folder: RunFolder) -> RunResult | None:
         return None
     metric = info.metrics[0]
     tag = f"{info.eval_splits[0].replace('validation', 'val')}/{metric}"
-    scalars = folder.scalars()
+    events = folder.scalar_events()  # the event files, read once
+    scalars = folder.scalars(events)
     curve = scalars.get(tag)
     if not curve or not _trained(folder, scalars):
         return None
@@ -147,7 +148,7 @@ def read_run(folder: RunFolder) -> RunResult | None:
         settings=folder.settings(),
         finished=folder.has_adapter(),
         last_step=max(step for points in scalars.values() for step, _ in points),
-        seconds_per_step=folder.seconds_per_step(),
+        seconds_per_step=folder.seconds_per_step(events=events),
         baseline=next(
             (v for _, v in scalars.get(tag.rsplit("/", 1)[0] + f"/{BASELINE}", [])), None
         ),
