@@ -2,7 +2,8 @@
 # Download the wheels the GPU machine lacks (python 3.12, manylinux x86_64, no network there) into
 # .whl/ (git-ignored), for benchmarks/gpu_check.sh to install: `make gpu-wheels`.
 # That machine has torch, lightning, transformers, peft, torchmetrics, tensorboard, safetensors,
-# pandas, pyarrow, xxhash, requests, tqdm, pyyaml, huggingface-hub and fsspec; these are missing.
+# pandas, pyarrow (25.0.1 there, seen 2026-11-26), xxhash, requests, tqdm, click, joblib, regex,
+# pyyaml, huggingface-hub and fsspec; these are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -11,6 +12,7 @@ wheels=(
   datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19                      # datasets' missing deps
   mambapy==1.2.0                                                          # Mamba's parallel scan
   gguf==0.19.0                                                            # GGUF backbones
+  nltk==3.10.4 defusedxml==0.7.1                                          # the scorers' tokenizer/stemmer
 )
 rm -rf .whl
 mkdir -p .whl

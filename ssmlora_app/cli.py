@@ -112,9 +112,12 @@ class SsmloraCLI(LightningCLI):
         """Lightning checks accelerator/strategy/precision combinations here: report them as bad
         input (one line, before anything is loaded) rather than as a stack trace."""
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:
             raise SsmloraError(f"trainer settings: {err}") from None
+        if self.subcommand == "fit":
+            preflight.check_fsdp_devices(trainer)
+        return trainer
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
         """The default progress bar without the logger's version (``v_num``), and a one-line

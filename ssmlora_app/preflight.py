@@ -107,6 +107,21 @@ def check_trainer_limits(trainer: Namespace) -> None:
         )
 
 
+def check_fsdp_devices(trainer) -> None:
+    """FSDP fits need two or more processes. On one, FSDP falls back to ``NO_SHARD``, which
+    shards nothing, and with ``use_orig_params`` (Lightning's setting) torch then leaves the
+    frozen units' parameters out of the state dict after a training step: the first checkpoint
+    fails with an assertion, after the work (seen on an H100, torch 2.11; on CPU, torch 2.13)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size < 2:
+        raise SsmloraError(
+            "FSDP on one device shards nothing, and torch's FSDP then cannot checkpoint a "
+            "partly frozen model: use the default strategy on one device, or FSDP on two or more "
+            "(--trainer.devices)."
+        )
+
+
 def check_init_adapter_from(model: Namespace) -> None:
     """``model.init_adapter_from`` is an adapter folder (before the backbone is loaded)."""
     value = model.get("init_adapter_from")

@@ -195,6 +195,31 @@ def test_preset_without_its_adapter_is_skipped_with_a_note(monkeypatch):
     assert result.rows == [] and "no-such-adapter" in result.notes[0]
 
 
+def test_out_of_memory_skips_the_longer_lengths_with_a_note(monkeypatch):
+    """Seen on an H100 (llama-1b-shapes, fp32, 16k tokens): one length that does not fit must not
+    lose the rows measured before it; the lengths left out are named in a note."""
+    import ssmlora_app.tools.bench as bench
+
+    def measure(real, what):
+        def wrapped(*args, **kwargs):
+            lengths = args[1] if what == "models" else args[0]
+            if max([lengths] if isinstance(lengths, int) else lengths) >= 16:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 32.00 GiB")
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(bench, "measure_models", measure(bench.measure_models, "models"))
+    monkeypatch.setattr(bench, "measure_scan", measure(bench.measure_scan, "scan"))
+    result = run_bench("tiny", TINY, methods=["lora", "hrm"], warmup=0, repeats=1)
+    assert {r["seq_len"] for r in result.rows} == {8}
+    assert {r["seq_len"] for r in result.scan_rows} == {8}
+    assert any(
+        "whole-model rows at seq_len [16] not measured: out of memory" in n for n in result.notes
+    )
+    assert any("scan rows at seq_len [16] not measured" in n for n in result.notes)
+
+
 def test_unknown_method_or_clock_is_an_error():
     with pytest.raises(SsmloraError, match="Unknown bench method"):
         run_bench("tiny", TINY, methods=["lora", "nope"], warmup=0, repeats=1)

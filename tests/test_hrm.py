@@ -199,6 +199,22 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.ssmlora_config == model.ssmlora_config
 
 
+def test_an_adapter_saved_with_a_0d_gate_still_loads(tmp_path):
+    """The gate is (1,) since FSDP refuses 0-d parameters; adapters saved before hold a 0-d one."""
+    from safetensors.torch import load_file, save_file
+
+    x = ids()
+    model = inject_adapters(tiny("roberta"), HRMConfig(d_state=4, gate_init=0.3))
+    folder = save_adapter(model, tmp_path)
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(weights)
+    gates = [k for k in tensors if k.endswith(".gate")]
+    assert gates and all(tensors[k].shape == (1,) for k in gates)
+    save_file({k: v.reshape(()) if k in gates else v for k, v in tensors.items()}, weights)
+    loaded = load_adapter(tiny("roberta"), tmp_path)
+    assert torch.equal(logits(loaded, x), logits(model, x))
+
+
 def test_diagnostics():
     model = inject_adapters(tiny("gpt2"), HRMConfig(d_state=4, gate_init=0.02))
     stats = hrm_diagnostics(model)

@@ -57,3 +57,29 @@ def test_the_decoder_variants_have_matched_budgets():
     counts = {p.stem: _quoted(p) for p in (REAL / "adapters" / "smollm2").glob("*.yaml")}
     lora = counts.pop("lora_qv")
     assert counts and all(abs(n / lora - 1) < 0.05 for n in counts.values()), counts
+
+
+DECODER_TASKS = sorted(REAL.glob("smollm2_*.yaml"))
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.parametrize("path", DECODER_TASKS, ids=lambda p: p.stem)
+def test_each_decoder_task_config_encodes_every_split_with_the_real_tokenizer(path, real_weights):
+    """Every split (the 2T and 4T evaluations included) fits the config's max_length: the parity
+    config once shipped with 192, which its T=64 evaluation (128 + 127 tokens) exceeds, and every
+    run of its sweep stopped at the length check."""
+    from ssmlora_app.data import TaskDataModule
+
+    config = yaml.safe_load(path.read_text())
+    data = dict(config["data"])
+    task = data.pop("task")
+    if isinstance(task, dict):
+        module, _, name = task["class_path"].rpartition(".")
+        task = getattr(importlib.import_module(module), name)(**task.get("init_args", {}))
+    folder = real_weights / config["model"]["backbone"]["name_or_path"].rsplit("/", 1)[-1]
+    dm = TaskDataModule(task=task, tokenizer=str(folder), **data)
+    dm.setup("fit")
+    assert set(dm.eval_split_names("fit")) <= set(dm.splits)
+    longest = max(len(ids) for ds in dm.splits.values() for ids in ds["input_ids"])
+    assert longest <= data["max_length"]

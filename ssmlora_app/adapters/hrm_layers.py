@@ -69,7 +69,12 @@ class HRMBypass(AdapterLayer):
 
     ``post_ln=False`` (decoder MLP): ``forward(u) = base_layer(u) + g·y(u)``.
     ``post_ln=True`` (BERT ``output``): ``forward(x, u) = base_layer(x, u + g·y(u))``.
+
+    The gate ``g`` is a one-element tensor ``(1,)``, not a 0-d one: FSDP refuses 0-d parameters.
     """
+
+    resizable = ("gate",)
+    """Adapters saved before the gate was ``(1,)`` hold a 0-d one (reshaped on load)."""
 
     def __init__(self, base_layer: nn.Module, post_ln: bool, scan: str):
         super().__init__()
@@ -89,6 +94,12 @@ class HRMBypass(AdapterLayer):
     def system(self) -> tuple[Tensor, Tensor, Tensor]:
         """Discrete ``(Ā (d,), B̄ (d, D), C (D, d))``."""
         raise NotImplementedError
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "gate"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def ssm(self, u: Tensor) -> Tensor:
         """``y = SSM(u)``: ``(B, L, D)`` -> ``(B, L, D)`` in ``u``'s dtype."""
@@ -140,7 +151,7 @@ class HRMBypass(AdapterLayer):
 
 class HRMLayer(HRMBypass):
     """The trained adapter: continuous diagonal parameters ``log_A, log_dt (d,)``, ``B (d, D)``,
-    ``C (D, d)``, scalar ``gate``, discretised by zero-order hold."""
+    ``C (D, d)``, ``gate (1,)``, discretised by zero-order hold."""
 
     def __init__(
         self,
@@ -164,7 +175,7 @@ class HRMLayer(HRMBypass):
         self.log_dt = nn.Parameter(torch.empty(d_state, **kw))
         self.B = nn.Parameter(torch.empty(d_state, d_model, **kw))
         self.C = nn.Parameter(torch.empty(d_model, d_state, **kw))
-        self.gate = nn.Parameter(torch.empty((), **kw))
+        self.gate = nn.Parameter(torch.empty(1, **kw))
         for p in (self.log_A, self.log_dt, self.gate):
             setattr(p, NO_DECAY_ATTR, True)
         self.dt_range = (dt_min, dt_max)
@@ -195,7 +206,7 @@ class HRMModalLayer(HRMBypass):
     Parameters: ``log_A, theta (n_real + n_complex,)`` with modes ``λ = exp(−exp(log_A) + i·theta)``
     (``|λ| < 1`` for any value); real ``B (d̂, D)`` and ``C (D, d̂)`` with ``d̂ = n_real +
     2·n_complex``: the real modes' rows/columns, then the complex modes' real parts, then their
-    imaginary parts; scalar ``gate``. ``2d̂D + 2(d̂ − n_complex) + 1`` parameters.
+    imaginary parts; ``gate (1,)``. ``2d̂D + 2(d̂ − n_complex) + 1`` parameters.
     """
 
     def __init__(
@@ -220,7 +231,7 @@ class HRMModalLayer(HRMBypass):
         self.theta = nn.Parameter(torch.zeros(modes, **kw))
         self.B = nn.Parameter(torch.zeros(d_state, d_model, **kw))
         self.C = nn.Parameter(torch.zeros(d_model, d_state, **kw))
-        self.gate = nn.Parameter(torch.full((), gate_init, **kw))
+        self.gate = nn.Parameter(torch.full((1,), gate_init, **kw))
         for p in (self.log_A, self.theta, self.gate):
             setattr(p, NO_DECAY_ATTR, True)
 

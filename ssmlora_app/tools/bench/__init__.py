@@ -158,7 +158,15 @@ def run_bench(
     for seq_len in lengths:
         if progress:
             progress(f"measuring {', '.join(runners)} at seq_len {seq_len} ...")
-        result.rows += measure_models(runners, seq_len, batch, vocab, warmup, repeats, dev, tick)
+        try:
+            result.rows += measure_models(
+                runners, seq_len, batch, vocab, warmup, repeats, dev, tick
+            )
+        except torch.OutOfMemoryError:
+            skipped = [n for n in lengths if n >= seq_len]
+            result.notes.append(out_of_memory_note("whole-model rows", skipped, batch, dev))
+            free_memory(dev)
+            break  # longer sequences need more memory still
     del runners
     gc.collect()
     if scan_seq_lens is None:
@@ -166,10 +174,17 @@ def run_bench(
     if scan_seq_lens:
         if progress:
             progress(f"measuring the scan alone at seq_len {list(scan_seq_lens)} ...")
-        result.scan_rows = measure_scan(
-            scan_seq_lens, shape["hidden_size"], preset.scan_d_state, batch,
-            warmup, repeats, dev, sequential_max_len, tick,
-        )  # fmt: skip
+        for seq_len in scan_seq_lens:
+            try:
+                result.scan_rows += measure_scan(
+                    [seq_len], shape["hidden_size"], preset.scan_d_state, batch,
+                    warmup, repeats, dev, sequential_max_len, tick,
+                )  # fmt: skip
+            except torch.OutOfMemoryError:
+                skipped = [n for n in scan_seq_lens if n >= seq_len]
+                result.notes.append(out_of_memory_note("scan rows", skipped, batch, dev))
+                free_memory(dev)
+                break
     rounds = repeats if fit_rounds is None else fit_rounds
     if preset.fit is not None and preset.weights and rounds > 0:
         result.fit_rows.append(
@@ -188,6 +203,21 @@ def run_bench(
             [r["seq_len"] for r in rows], [r["fwd_bwd_s"]["median"] for r in rows]
         )
     return result
+
+
+def out_of_memory_note(what: str, lengths: Sequence[int], batch: int, device: torch.device) -> str:
+    """The note a bench result carries for the lengths it could not measure."""
+    return (
+        f"{what} at seq_len {list(lengths)} not measured: out of memory on "
+        f"{machine_name(device)} at batch {batch}"
+    )
+
+
+def free_memory(device: torch.device) -> None:
+    """Drop what a failed measurement left allocated, so the next one starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def default_weights() -> str:
