@@ -146,3 +146,26 @@ def build_report_csv(root) -> str:
     out = root / "report"
     main(["report", f"--runs={root}", f"--out={out}", "--plots=false", "--formats=[csv]"])
     return (out / "report.csv").read_text()
+
+
+def test_other_evaluation_splits_get_their_own_columns_at_the_headline_checkpoint(tmp_path):
+    """State tracking's 2T/4T lengths (and MNLI mismatched): one column per split, the value
+    logged at the step where the headline split was best (the same checkpoint), not its own
+    best."""
+    mismatched = [0.40, 0.45, 0.30, 0.50]  # best at epoch 3; matched is best at epoch 2
+    runs = []
+    for seed in (0, 1):
+        run = fake_run(tmp_path, "mnli", "lora8", seed)
+        with SummaryWriter(str(run)) as writer:
+            for epoch, value in enumerate(mismatched):
+                writer.add_scalar("val_mismatched/accuracy", value + seed / 100, 10 * epoch + 9)
+        runs.append(run)
+    result = read_run(RunFolder(runs[0]))
+    assert result.best_epoch == 2
+    assert result.other_splits["validation_mismatched"][:2] == ("val_mismatched/accuracy",
+                                                                pytest.approx(0.30))  # fmt: skip
+    written = build_report([tmp_path / "mnli_lora8"], tmp_path / "out", plots=False)
+    text = written["md"].read_text()
+    header, _, row = text.splitlines()[2:5]
+    assert "mnli (accuracy)" in header and "mnli validation_mismatched (accuracy)" in header
+    assert "30.5 ± 0.7" in row  # (0.30, 0.31) ×100: the epoch-2 values, not the best 0.50

@@ -11,7 +11,10 @@ before its resume count once; see :mod:`.results`). A run whose best score stays
 majority-class baseline is marked collapsed, with a footnote.
 
 The main table follows the GLUE tables of the LoRA/adapter papers: one row per method with its
-number of adapter parameters (head excluded), one column per task, and the average.
+number of adapter parameters (head excluded), one column per task, and the average. A task's
+other evaluation splits (state tracking's 2T and 4T lengths, MNLI mismatched) get a column each,
+``<task> <split>``, holding their value at the step where the headline split was best (the same
+checkpoint).
 """
 
 from __future__ import annotations

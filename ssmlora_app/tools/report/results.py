@@ -15,7 +15,7 @@ import hashlib
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ssmlora_app.callbacks.summary import BASELINE
@@ -54,6 +54,9 @@ class RunResult:
     """Majority-class accuracy of the evaluation split, as the fit logged it."""
     seconds_per_step: float | None = None
     """Median wall time of a training step (``RunFolder.seconds_per_step``)."""
+    other_splits: dict[str, tuple[str, float, list]] = field(default_factory=dict)
+    """The task's other evaluation splits (state tracking's 2T and 4T lengths, MNLI mismatched):
+    split -> (tag, value at the headline's best step, i.e. of the same checkpoint, curve)."""
 
     @property
     def method_key(self) -> str:
@@ -131,6 +134,13 @@ def read_run(folder: RunFolder) -> RunResult | None:
         return None
     pick = min if metric in LOWER_IS_BETTER else max
     best_step, best = pick(curve, key=lambda point: point[1])
+    other_splits = {}
+    for split in info.eval_splits[1:]:
+        other = f"{split.replace('validation', 'val')}/{metric}"
+        points = scalars.get(other, [])
+        at_best = [value for step, value in points if step == best_step]
+        if at_best:
+            other_splits[split] = (other, at_best[-1], points)
     epochs = [value for step, value in scalars.get("epoch", []) if step <= best_step]
     return RunResult(
         path=folder.path,
@@ -152,6 +162,7 @@ def read_run(folder: RunFolder) -> RunResult | None:
         baseline=next(
             (v for _, v in scalars.get(tag.rsplit("/", 1)[0] + f"/{BASELINE}", [])), None
         ),
+        other_splits=other_splits,
     )
 
 
@@ -249,7 +260,7 @@ def group(results: Sequence[RunResult]) -> list[Cell]:
     """The cells: runs of one task and one configuration (adapter and settings), one per seed."""
     labels = method_labels(results)
     cells: dict[tuple[str, str], Cell] = {}
-    for result in results:
+    for result in _with_other_splits(results):
         key = (result.task, result.config_key)
         if key not in cells:
             cells[key] = Cell(result.task, labels[result.config_key], result.metric, [])
@@ -257,3 +268,18 @@ def group(results: Sequence[RunResult]) -> list[Cell]:
     for cell in cells.values():
         cell.runs.sort(key=lambda r: (r.seed is None, r.seed, str(r.path)))
     return list(cells.values())
+
+
+def _with_other_splits(results: Sequence[RunResult]) -> list[RunResult]:
+    """``results``, each followed by one result per other evaluation split of its run, as the
+    task ``"<task> <split>"`` (its own table column): the same run and checkpoint, that split's
+    score."""
+    out = []
+    for result in results:
+        out.append(result)
+        for split, (tag, value, curve) in result.other_splits.items():
+            out.append(
+                replace(result, task=f"{result.task} {split}", metric=tag, best=value,
+                        curve=curve, baseline=None, other_splits={})
+            )  # fmt: skip
+    return out
