@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ssmlora_app.objectives.span_answers import SquadScore
+from ssmlora_app.run import RunFolder
 from ssmlora_app.scoring.squad import answers_from_squad, score_v2
+from ssmlora_app.tools.report.results import read_run
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "data" / "squad_v2_task"
@@ -67,6 +70,28 @@ def test_a_tiny_squad_v2_fit_logs_the_official_scores_of_the_files_predict_write
     assert {r["id"]: r["references"] for r in records} == answers
     tsv = (tmp_path / "p" / "squad_v2.tsv").read_text().splitlines()
     assert tsv[0] == "index\tprediction" and len(tsv) == len(answers) + 1
+    # A run folder written before the post-processing options moved from ``eval_options`` into
+    # ``metric_options`` still reports and predicts the same.
+    _to_the_old_layout(run)
+    result = read_run(RunFolder(run))
+    assert result.task == "squad_v2" and result.best == pytest.approx(logged["val/f1"], abs=1e-6)
+    assert RunFolder(run).record().task_info.metric_options["version_2"] is True
+    main(["predict", *common, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+          f"--predictions.output_dir={tmp_path / 'old'}"])  # fmt: skip
+    for name in ("squad_v2_validation_predictions.json", "squad_v2_validation_na_prob.json"):
+        assert (tmp_path / "old" / name).read_text() == (tmp_path / "p" / name).read_text()
+
+
+def _to_the_old_layout(run: Path) -> None:
+    """Rewrite the run's hparams.yaml and checkpoint as the version with ``TaskInfo.eval_options``
+    wrote them (SQuAD's options there, no ``metric_options``)."""
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    for info in (hparams["task_info"], ckpt["ssmlora_hparams"]["task_info"]):
+        info["eval_options"] = info.pop("metric_options")
+        assert info["eval_options"]["version_2"] is True
+    (run / "hparams.yaml").write_text(yaml.safe_dump(hparams))
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
 
 
 def _context(data: list[dict], qid: str) -> str:

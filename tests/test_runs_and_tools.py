@@ -32,6 +32,14 @@ def test_a_record_round_trips_and_reads_older_task_infos():
     assert again == record
     old = {**info.to_record(), "objective": "causal_lm", "lm_eval": "teacher_forced"}
     assert TaskInfo.from_record(old).objective == "lm_teacher_forced"  # hparams of older runs
+    # SQuAD's post-processing was saved as ``eval_options`` before it joined ``metric_options``
+    squad = {"version_2": True, "max_answer_length": 7, "n_best_size": 5,
+             "null_score_diff_threshold": 1.5}  # fmt: skip
+    older = {**info.to_record(), "eval_options": squad, "metric_options": None}
+    assert TaskInfo.from_record(older).metric_options == squad
+    both = {**older, "metric_options": {"database_dir": "db"}}
+    assert TaskInfo.from_record(both).metric_options == {**squad, "database_dir": "db"}
+    assert "eval_options" not in info.to_record()
 
 
 @pytest.fixture(scope="module")

@@ -163,7 +163,6 @@ class TaskDataModule(L.LightningDataModule):
             max_length=max_length,
             truncation=truncation,
             grouped=self.task.grouped,
-            eval_options=self.task.eval_options(),
             num_beams=num_beams,
             min_new_tokens=min_new_tokens,
             metric_options=_plain(self.task.metric_options(data_dir)),

@@ -79,8 +79,8 @@ class ExtractiveQA(Objective):
 
     @property
     def options(self) -> dict:
-        """The post-processing options (:meth:`SquadTask.eval_options`)."""
-        return {**DEFAULT_OPTIONS, **(self.info.eval_options or {})}
+        """The post-processing options (:meth:`SquadTask.metric_options`)."""
+        return {**DEFAULT_OPTIONS, **(self.info.metric_options or {})}
 
     def build_model(
         self, backbone: BackboneConfig, load_kwargs: dict | None = None

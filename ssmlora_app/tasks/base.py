@@ -51,16 +51,14 @@ class TaskInfo:
     """The examples come in groups scored together (MultiRC: the answer options of one question):
     evaluation batches carry their ids under :data:`GROUP_COLUMN`, and ``exact_match`` is the
     fraction of groups whose examples are all right (see :mod:`ssmlora_app.tasks.metrics`)."""
-    eval_options: dict | None = None
-    """Options the objective's evaluation reads (plain values; extractive QA: the span
-    post-processing, see :meth:`Task.eval_options`); None when it reads none."""
     num_beams: int = 1
     """Beams of the generating objectives' decoding (``data.num_beams``; 1: greedy)."""
     min_new_tokens: int = 0
     """Tokens generated before EOS may end an answer (``data.min_new_tokens``)."""
     metric_options: dict | None = None
-    """What the task's metrics need beyond their names (:meth:`Task.metric_options`: Spider's
-    databases, GLUE's label words, ...); plain values. None: nothing."""
+    """What the task's evaluation needs beyond the metrics' names (:meth:`Task.metric_options`:
+    Spider's databases, GLUE's label words, SQuAD's span post-processing, ...); plain values.
+    None: nothing."""
 
     def to_record(self) -> dict:
         """Plain values (lists for tuples) for hyperparameter files and checkpoints."""
@@ -71,11 +69,15 @@ class TaskInfo:
     @classmethod
     def from_record(cls, fields: dict) -> TaskInfo:
         """The info saved by :meth:`to_record` (or by an older version: its ``objective:
-        causal_lm`` + ``lm_eval: X`` is the objective ``lm_X``; unknown fields are dropped)."""
+        causal_lm`` + ``lm_eval: X`` is the objective ``lm_X``, its ``eval_options`` (extractive
+        QA's post-processing) join ``metric_options``; unknown fields are dropped)."""
         fields = dict(fields)
         lm_eval = fields.pop("lm_eval", None)
         if fields.get("objective") == "causal_lm":
             fields["objective"] = f"lm_{lm_eval or 'choice'}"
+        eval_options = fields.pop("eval_options", None)
+        if eval_options:
+            fields["metric_options"] = {**eval_options, **(fields.get("metric_options") or {})}
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
@@ -132,11 +134,6 @@ class Task:
     def is_regression(self) -> bool:
         return False
 
-    def eval_options(self) -> dict | None:
-        """Options of the task that its objective's evaluation reads, saved in
-        :attr:`TaskInfo.eval_options` (plain JSON values); None for most tasks."""
-        return None
-
     def check_data_dir(self, data_dir: str | None) -> None:
         """Raise :class:`SsmloraError` now if ``data_dir`` lacks the task's files."""
 
@@ -169,8 +166,9 @@ class Task:
         return None
 
     def metric_options(self, data_dir: str | None) -> dict | None:
-        """Plain values the task's metrics need (:attr:`TaskInfo.metric_options`), e.g. Spider's
-        database folder; called once the data module checked ``data_dir``. Default none."""
+        """Plain values the task's evaluation needs (:attr:`TaskInfo.metric_options`), e.g.
+        Spider's database folder or SQuAD's span post-processing; called once the data module
+        checked ``data_dir``. Default none."""
         return None
 
     def submission_splits(self, data_dir: str | None) -> tuple[str, ...] | None:

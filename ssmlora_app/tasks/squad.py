@@ -92,7 +92,8 @@ class SquadTask(Task):
     def metrics(self) -> tuple[str, ...]:
         return V1_METRICS if self.version == "1.1" else V2_METRICS
 
-    def eval_options(self) -> dict:
+    def metric_options(self, data_dir: str | None) -> dict:
+        """The span post-processing (read by the ``extractive_qa`` objective)."""
         return {
             "version_2": self.version == "2.0",
             "max_answer_length": self.max_answer_length,
