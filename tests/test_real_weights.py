@@ -168,9 +168,12 @@ PEFT_ENCODER = {
     "dora": {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": True,
              "target_modules": ["query", "value"]},
     "prompt_tuning": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8},
+    "ia3": {"peft_type": "IA3", "target_modules": ["key", "value", "output.dense"],
+            "feedforward_modules": ["output.dense"]},
 }  # fmt: skip
-"""``peft``'s methods through the ``peft`` adapter on the real encoder: DoRA (zero at init) and
-prompt tuning (virtual tokens: not zero at init)."""
+"""``peft``'s methods through the ``peft`` adapter on the real encoder: DoRA and (IA)³ (its
+vectors start at ones: zero effect at init) and prompt tuning (virtual tokens: not zero at
+init)."""
 
 
 @pytest.mark.parametrize("name", list(PEFT_ENCODER))
