@@ -147,9 +147,9 @@ def test_race_on_minilm_pairs_each_option_with_its_article_and_scores_per_level(
         for k in range(4):
             ids = batch.inputs["input_ids"][b, k].tolist()
             assert ids.count(data.tokenizer.sep_token_id) == 2
-            article, choice = data.tokenizer.decode(ids, skip_special_tokens=False).split(
-                data.tokenizer.sep_token
-            )[:2]
+            cls, rest = data.tokenizer.decode(ids).split(data.tokenizer.cls_token, 1)
+            article, choice = rest.split(data.tokenizer.sep_token)[:2]
+            assert not cls
             assert _letters(row["context"]).startswith(_letters(article))  # cut at its end
             assert _letters(choice) == _letters(option_text(row["question"], row["choices"][k]))
 
@@ -189,26 +189,30 @@ def test_dart_on_smollm2_generates_through_its_metric_and_a_short_fit_lowers_the
 ):
     """The prompt is the benchmark's (prefix, linearised triples, ``###``) and the loss covers
     the reference and EOS only; the logged BLEU is the corpus BLEU of the greedy answers
-    (scored here by the scorer directly); 12 LoRA steps of 4 lower the held-out target loss."""
+    and METEOR of the greedy answers (scored here by the scorers directly); 10 LoRA steps of 4 lower the held-out target loss."""
     from ssmlora_app.scoring.bleu import corpus_bleu
     from ssmlora_app.scoring.dart import linearize, read_dart_json
+    from ssmlora_app.scoring.meteor import meteor
     from ssmlora_app.tasks.dart import PROMPT
 
     torch.manual_seed(0)
     data = TaskDataModule(task=DartTask(meteor_synonyms=False), data_dir=str(dart_split),
-                          objective="causal_lm", tokenizer=str(smollm2), max_length=128,
-                          batch_size=4, max_train_samples=48, max_eval_samples=8,
-                          eval_batch_size=8, max_new_tokens=32)  # fmt: skip
+                          objective="causal_lm", tokenizer=str(smollm2), max_length=192,
+                          batch_size=4, max_train_samples=40, max_eval_samples=4,
+                          eval_batch_size=4, max_new_tokens=24)  # fmt: skip
     data.setup("fit")
     tokenizer = data.tokenizer
     entries = read_dart_json(dart_split / "dart-v1.1.1-full-train.json")
-    examples = {(f"{PROMPT}{linearize(e.triples)}###", r) for e in entries for r in e.references}
+    references = {f"{PROMPT}{linearize(e.triples)}###": e.references for e in entries}
     for row in data.splits["train"]:
-        target = tokenizer.decode([i for i in row["labels"] if i >= 0])
-        text = tokenizer.decode(row["input_ids"], skip_special_tokens=True)
-        assert target.endswith(tokenizer.eos_token), target
-        reference = target.removesuffix(tokenizer.eos_token)
-        assert text.endswith(reference) and (text.removesuffix(reference), reference) in examples
+        prompt = tokenizer.decode(row["prompt_ids"], skip_special_tokens=True)
+        target = [i for i in row["labels"] if i >= 0]
+        assert row["input_ids"] == row["prompt_ids"] + target and prompt in references, prompt
+        if target[-1] == tokenizer.eos_token_id:  # the reference and EOS
+            assert tokenizer.decode(target[:-1]) in references[prompt]
+        else:  # a long reference, cut at the answer room (data.max_new_tokens)
+            assert len(target) == 24
+            assert any(r.startswith(tokenizer.decode(target)) for r in references[prompt])
     module = AdapterModule(BackboneConfig(name_or_path=str(smollm2)),
                            LoRAConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj"]),
                            optimizer=partial(torch.optim.AdamW, lr=2e-3),
@@ -225,7 +229,9 @@ def test_dart_on_smollm2_generates_through_its_metric_and_a_short_fit_lowers_the
     assert any(a.strip() for a in answers), answers
     expected = corpus_bleu(answers, batch.references)["bleu"]
     assert before["val/bleu"] == pytest.approx(expected, abs=1e-6)
-    assert 0 <= before["val/meteor_no_synonyms"] <= 1
-    _trainer(max_steps=12).fit(module, data)
+    no_synonyms = meteor(answers, batch.references, synonyms=False)["meteor"]
+    assert before["val/meteor_no_synonyms"] == pytest.approx(no_synonyms, abs=1e-6) > 0
+    _trainer(max_steps=10).fit(module, data)
     after = _trainer().validate(module, data, verbose=False)[0]
-    assert after["val/loss"] < before["val/loss"] - 0.3, (before, after)
+    # measured: 3.13 -> 2.74 (its BLEU stays 0 on 4 answers of 24 tokens: no 4-gram match yet)
+    assert after["val/loss"] < before["val/loss"] - 0.2, (before, after)
