@@ -40,6 +40,7 @@ from ssmlora_app.console import CliParser, ToolParser, silence_library_noise
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.errors import SsmloraError
 from ssmlora_app.module import AdapterModule
+from ssmlora_app.preflight_values import check_fit_values
 from ssmlora_app.run import RunRecord, check_fits
 from ssmlora_app.tasks import Task
 
@@ -113,7 +114,8 @@ class SsmloraCLI(LightningCLI):
         input (one line, before anything is loaded) rather than as a stack trace."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError) as err:
+        except (MisconfigurationException, ValueError, ImportError) as err:
+            # ImportError: an accelerator whose package is missing (tpu: torch_xla)
             raise SsmloraError(f"trainer settings: {err}") from None
         if self.subcommand == "fit":
             preflight.check_fsdp_devices(trainer)
@@ -142,6 +144,7 @@ class SsmloraCLI(LightningCLI):
             preflight.check_init_adapter_from(config.model)
         if subcommand == "fit":
             preflight.check_trainer_limits(config.trainer)
+            check_fit_values(config)
             preflight.check_optimizer(config.model)
             if self._checkpoint is not None:
                 preflight.check_resume_trains(self._checkpoint, config.trainer)

@@ -76,6 +76,12 @@ def prefer_foreach(optimizer: Optimizer) -> Optimizer:
 
 
 def _warmup_steps(total_steps: int, warmup_ratio: float, warmup_steps: int | None) -> int:
+    if not 0.0 <= warmup_ratio <= 1.0:
+        raise ValueError(
+            f"warmup_ratio must be in [0, 1] (a fraction of the steps), got {warmup_ratio}"
+        )
+    if warmup_steps is not None and warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be 0 or more, got {warmup_steps}")
     return warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * total_steps)
 
 

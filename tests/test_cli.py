@@ -338,3 +338,16 @@ def test_the_config_of_an_older_run_still_parses(tmp_path, capsys):
         main(["fit", "--config", str(path), "--print_config"])
     assert done.value.code in (0, None)
     assert "task: quickstart" in capsys.readouterr().out
+
+
+def test_the_progress_bar_shows_no_epoch_total_on_a_step_bounded_fit():
+    """max_steps with max_epochs -1: Lightning's rich bar printed "Epoch 0/-2"."""
+    from types import SimpleNamespace
+
+    from ssmlora_app.callbacks.progress import RichBar
+
+    bar = RichBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1)
+    assert bar._get_train_description(0).strip() == "Epoch 0"
+    bar._trainer = SimpleNamespace(max_epochs=3)
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"

@@ -74,6 +74,11 @@ class LoRAConfig(AdapterConfig):
             raise SsmloraError(f"LoRA rank r must be a positive integer, got r={self.r!r}.")
         if not 0.0 <= self.dropout < 1.0:
             raise SsmloraError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
+        if self.alpha == 0:
+            raise SsmloraError(
+                "LoRA alpha=0 scales the update alpha/r to zero: the adapter would learn nothing "
+                "(the LoRA paper's GLUE recipe: alpha=16 at r=8)."
+            )
         if self.target_modules is None:
             raise SsmloraError("LoRAConfig.target_modules is required (e.g. [query, value]).")
 

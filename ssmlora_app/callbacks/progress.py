@@ -16,7 +16,16 @@ class _WithoutVersion:
 
 
 class RichBar(_WithoutVersion, RichProgressBar):
-    """Lightning's rich progress bar, without ``v_num``."""
+    """Lightning's rich progress bar, without ``v_num``, and without an epoch total when the fit
+    is bounded by steps (``max_epochs: -1``: Lightning printed "Epoch 0/-2")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = super()._get_train_description(current_epoch)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs < 0:
+            description = description.replace(f"/{max_epochs - 1}", "", 1)
+            description = f"{description:{len(self.validation_description)}}"  # as Lightning pads
+        return description
 
 
 class TQDMBar(_WithoutVersion, TQDMProgressBar):

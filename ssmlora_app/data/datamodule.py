@@ -127,6 +127,12 @@ class TaskDataModule(L.LightningDataModule):
         self.task.check_data_dir(data_dir)
         if max_length <= 0 or batch_size <= 0:
             raise SsmloraError("data.max_length and data.batch_size must be positive.")
+        if eval_batch_size is not None and eval_batch_size <= 0:
+            raise SsmloraError(f"data.eval_batch_size must be positive, got {eval_batch_size}.")
+        if num_workers < 0:
+            raise SsmloraError(
+                f"data.num_workers must be 0 (load in the main process) or more, got {num_workers}."
+            )
         if predict_splits == "test" and not (self.task.submission or self.task.test_split):
             raise SsmloraError(
                 f"data.predict_splits=test: task {self.task.name!r} has no test split that "

@@ -95,6 +95,8 @@ class RunFolder:
         """Folders under ``roots`` holding TensorBoard event files, sorted."""
         found = set()
         for root in map(Path, roots):
+            if root.is_file():
+                raise SsmloraError(f"Runs folder {root} is a file: give the folder of the runs.")
             if not root.is_dir():
                 raise SsmloraError(f"Runs folder {root} does not exist.")
             found.update(p.parent for p in root.rglob(EVENTS_GLOB))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -284,6 +285,12 @@ def bench(
         raise SsmloraError(f"Need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}.")
     if fit_rounds is not None and fit_rounds < 0:
         raise SsmloraError(f"--fit_rounds must be >= 0, got {fit_rounds}.")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise SsmloraError(f"--device must be cpu or cuda (cuda:N), got {device!r}.")
+    if any(n < 1 for n in [*(seq_lens or []), *(scan_seq_lens or [])]):
+        raise SsmloraError(
+            f"--seq_lens and --scan_seq_lens must be at least 1, got {seq_lens} and {scan_seq_lens}."
+        )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SsmloraError("--device cuda asked for, but torch sees no CUDA device; use cpu.")
     if threads is not None:

@@ -132,9 +132,10 @@ def plan_rows(
     candidates: dict[str, tuple[str, Builder]] = {}
     for name, rows in BASELINES.items():
         candidates.update({row: (name, build) for row, build in rows.items()})
+    base = new_model()  # read only by the methods' bench hooks: one build (a roberta-base takes s)
     for name, method in ADAPTERS.items():
         try:
-            rows = _registered_rows(method, preset, new_model())
+            rows = _registered_rows(method, preset, base)
         except SsmloraError as err:
             if name in chosen:
                 notes.append(f"{name}: skipped ({err})")
