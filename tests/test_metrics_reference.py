@@ -78,3 +78,24 @@ def test_grouped_exact_match_merges_ranks_and_needs_groups():
     assert float(a.compute()) == pytest.approx(2 / 3)  # group 0 has a wrong option on rank b
     with pytest.raises(SsmloraError, match="group"):
         a.update(torch.tensor([1]), torch.tensor([1]))
+
+
+def test_mcc_is_zero_for_a_constant_prediction_and_pearson_otherwise():
+    """GLUE's MCC (scikit-learn's): 0 when one class is predicted for everything (torchmetrics
+    1.9 gave 0.0411 for CoLA's majority prediction, hiding a collapsed run); for two classes
+    otherwise it is the Pearson correlation of the 0/1 labels and predictions."""
+    from ssmlora_app.tasks.metrics import metric
+
+    target = torch.tensor([1] * 276 + [0] * 124)
+    mcc = metric("mcc", 2)
+    mcc.update(torch.ones(200, dtype=torch.long), target[:200])  # two batches, one state
+    mcc.update(torch.ones(200, dtype=torch.long), target[200:])
+    assert float(mcc.compute()) == 0.0
+    gen = torch.Generator().manual_seed(0)
+    flip = torch.rand(400, generator=gen) < 0.3
+    preds = torch.where(flip, 1 - target, target)
+    mcc = metric("mcc", 2)
+    mcc.update(preds, target)
+    expected = np.corrcoef(preds.numpy(), target.numpy())[0, 1]
+    assert float(mcc.compute()) == pytest.approx(expected, abs=1e-6)
+    assert float(metric("mcc", 2)(target, target)) == pytest.approx(1.0)

@@ -23,9 +23,9 @@ import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryF1Score,
-    MatthewsCorrCoef,
     MulticlassAccuracy,
     MulticlassF1Score,
+    MulticlassMatthewsCorrCoef,
 )
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.text import ROUGEScore
@@ -194,6 +194,27 @@ def teacher_forced_stats(
     return nll, correct, mask.sum(1)
 
 
+class MatthewsCorr(MulticlassMatthewsCorrCoef):
+    """Matthews correlation as GLUE's evaluator computes it (scikit-learn's
+    ``matthews_corrcoef``, Gorodkin's multiclass form): ``cov(y, ŷ) / sqrt(cov(y, y) · cov(ŷ, ŷ))``
+    from the confusion matrix, and **0 when either marginal is constant** (one predicted class, or
+    one true class). torchmetrics 1.9 returns a smoothed nonzero value there instead (0.0411 for
+    a constant majority prediction on CoLA's dev subset, where the papers' convention is 0): a
+    collapsed run would look like a learning one."""
+
+    def compute(self) -> torch.Tensor:
+        c = self.confmat.double()  # (true, predicted)
+        n = c.sum()
+        true, pred = c.sum(1), c.sum(0)
+        cov_tp = torch.trace(c) * n - true @ pred
+        cov_tt = n * n - true @ true
+        cov_pp = n * n - pred @ pred
+        denominator = cov_tt * cov_pp
+        if denominator == 0:
+            return torch.zeros((), dtype=torch.float32, device=c.device)
+        return (cov_tp / denominator.sqrt()).float()
+
+
 def metric(
     name: str, num_labels: int, grouped: bool = False, options: dict | None = None
 ) -> Metric:
@@ -206,7 +227,7 @@ def metric(
     if name == "macro_f1":
         return MulticlassF1Score(num_classes=num_labels, average="macro")
     if name == "mcc":
-        return MatthewsCorrCoef(task="multiclass", num_classes=num_labels)
+        return MatthewsCorr(num_classes=num_labels)
     if name == "pearson":
         return PearsonCorrCoef()
     if name == "spearman":
