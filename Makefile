@@ -9,6 +9,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 WEIGHTS ?= $(HOME)/.cache/ssmlora/weights
 # pytest workers of `make test` (pytest-xdist; each runs torch on one thread): two for 2 cores.
+# --dist worksteal: an idle worker takes tests queued on the other (the long ones run first).
 JOBS ?= 2
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -44,7 +45,7 @@ lint: $(BIN)/.installed
 
 # Everything: lint, unit tests, end-to-end tests and the real-weights tier, on $(JOBS) workers.
 test: lint weights
-	$(OFFLINE) SSMLORA_WEIGHTS=$(WEIGHTS) $(BIN)/python -m pytest -n $(JOBS)
+	$(OFFLINE) SSMLORA_WEIGHTS=$(WEIGHTS) $(BIN)/python -m pytest -n $(JOBS) --dist worksteal
 
 # The unit tests alone (seconds).
 test-unit: $(BIN)/.installed

@@ -22,7 +22,6 @@ LLAMA = {"model_type": "llama", "vocab_size": 120, "hidden_size": 32, "intermedi
 CASES = {
     "lora_llama": (LLAMA, LoRAConfig(r=4, target_modules=["q_proj", "v_proj"])),
     "ssmlora_llama": (LLAMA, SSMLoRAConfig(preset="full_model")),
-    "hrm_llama": (LLAMA, HRMConfig(d_state=4)),
     "hrm_roberta": (None, HRMConfig(d_state=4)),
 }
 
