@@ -105,6 +105,22 @@ def real_weights(request) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def minilm(real_weights) -> Path:
+    """The real all-MiniLM-L6-v2 folder (BERT encoder)."""
+    from ssmlora_app.tools.weights import MINILM
+
+    return real_weights / MINILM.folder
+
+
+@pytest.fixture(scope="session")
+def smollm2(real_weights) -> Path:
+    """The real SmolLM2-135M-Instruct folder (dense float32 copy of the GGUF)."""
+    from ssmlora_app.tools.weights import SMOLLM2_DENSE
+
+    return real_weights / SMOLLM2_DENSE
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -19,7 +19,6 @@ from ssmlora_app.adapters import PeftConfig, adapter_state_dict
 from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
-from ssmlora_app.tools.weights import MINILM
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -30,11 +29,6 @@ PEFT_SST2 = {
 """Each method's ``peft_config`` and learning rate for the short fit. Prompt tuning (8 virtual
 tokens, lr 3e-2) reached 0.625 in the same 100 steps, short of the bar: not listed (see
 docs/results.md)."""
-
-
-@pytest.fixture(scope="module")
-def minilm(real_weights):
-    return real_weights / MINILM.folder
 
 
 def _sst2(minilm, shared_data, steps: int):

@@ -25,19 +25,8 @@ from ssmlora_app.module import AdapterModule
 from ssmlora_app.objectives.multiple_choice import option_text
 from ssmlora_app.objectives.span_features import OUTSIDE
 from ssmlora_app.tasks import DartTask, SquadTask
-from ssmlora_app.tools.weights import MINILM, SMOLLM2_DENSE
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def minilm(real_weights):
-    return real_weights / MINILM.folder
-
-
-@pytest.fixture(scope="module")
-def smollm2(real_weights):
-    return real_weights / SMOLLM2_DENSE
 
 
 def _trainer(**kwargs):

@@ -36,7 +36,7 @@ from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks import AdditionTask
 from ssmlora_app.tokenization import id_space, load_tokenizer
-from ssmlora_app.tools.weights import MINILM, SMOLLM2, SMOLLM2_DENSE, SMOLLM2_GGUF
+from ssmlora_app.tools.weights import SMOLLM2, SMOLLM2_GGUF
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -60,16 +60,6 @@ ZERO_AT_INIT = {"hrm": {"gate_init": 0.0}}
 """HRM's paper gate starts at 0.01 (not zero); with ``gate_init: 0`` it promises zero effect."""
 
 SENTENCES = ["A man is eating food.", "A man is eating a meal.", "The stock market fell sharply."]
-
-
-@pytest.fixture(scope="module")
-def minilm(real_weights):
-    return real_weights / MINILM.folder
-
-
-@pytest.fixture(scope="module")
-def smollm2(real_weights):
-    return real_weights / SMOLLM2_DENSE
 
 
 def _config(factory, zero: bool, name: str):
