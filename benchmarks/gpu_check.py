@@ -339,6 +339,9 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str], int]]:
     if fused and not args.dry_run:
         steps.append(("sdt_fused", ["--step", "sdt", "--variant", "fused"], 120))
     steps = [(n, [*a, *dry], t) for n, a, t in steps]
+    if not args.dry_run and importlib.util.find_spec("bitsandbytes"):  # QLoRA's 4-bit layers
+        steps.append(("qlora_tests", [sys.executable, "-m", "pytest", "tests/test_qlora.py",
+                      "-q", "-p", "no:cacheprovider"], 180))  # fmt: skip
     bench = [sys.executable, "-m", "ssmlora_app", "bench", "--out", str(Path(args.work) / "bench")]
     if args.dry_run:
         steps.append(
@@ -397,6 +400,8 @@ def run_steps(args: argparse.Namespace) -> int:
                 result = {"status": "timeout", "limit_s": round(min(limit, left))}
             elif name.startswith("bench_"):
                 result = collect_bench(name, code, work, out)
+            elif name.endswith("_tests"):  # a pytest run: its exit status (the log has the rest)
+                result = {"status": "passed" if code == 0 else "failed", "pytest_exit": code}
             elif result_file.exists():
                 result = json.loads(result_file.read_text())
             else:

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 out="${1:-runs/gpu_check}"
 shift || true
 python="${PYTHON:-python3}"
-if [ -d .whl ] && ! "$python" -c "import jsonargparse, datasets, mambapy, nltk" 2>/dev/null; then
+if [ -d .whl ] && ! "$python" -c "import jsonargparse, datasets, mambapy, nltk, bitsandbytes, pytest" 2>/dev/null; then
   site="${TMPDIR:-/tmp}/ssmlora_site"
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$site" .whl/*.whl

@@ -98,8 +98,9 @@ _NOISE = (
     "exists and is not empty",  # a resume's checkpoint folder: it is meant to
     "callbacks used to create the checkpoint need to be provided",  # evaluations need none
     "The dirpath has changed from",  # an evaluation logs into <run>/<stage>; it saves nothing
+    "gemm_4bit_forward from kernels-community",  # bitsandbytes on CPU: an optional faster kernel
 )
-"""Lightning messages that are not the user's business (logged or warned)."""
+"""Library messages that are not the user's business (logged or warned)."""
 
 
 class _DropNoise(logging.Filter):
@@ -151,7 +152,8 @@ class _TransformersNoise(logging.Filter):
 
 def silence_library_noise() -> None:
     """Drop the libraries' messages that are not the user's business (process-wide, idempotent)."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "bitsandbytes.backends.cpu.ops"):  # fmt: skip
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())

@@ -50,6 +50,8 @@ def add_product_(out: Tensor, a: Tensor, w: Tensor, alpha: float = 1.0) -> Tenso
     linear's output). Pass ``out`` as a 2-D ``(rows, N)`` tensor where it can be: an in-place op
     on a view of a tensor makes autograd clone the tensor's whole gradient in backward.
     """
+    if out._is_view():  # e.g. bitsandbytes' 4-bit layers return a view of a no-grad buffer,
+        return out + (a @ w).mul_(alpha).to(out.dtype)  # which no in-place op may write
     same = a.dtype == out.dtype
     castable = w.dtype == out.dtype or torch.is_autocast_enabled(out.device.type)
     if same and castable and out.dim() == 2:

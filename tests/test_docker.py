@@ -112,11 +112,13 @@ def test_requirement_extraction_gives_every_dependency_except_torch(tmp_path):
         d
         for d in PYPROJECT["project"]["dependencies"]
         + PYPROJECT["project"]["optional-dependencies"]["report"]
+        + PYPROJECT["project"]["optional-dependencies"]["qlora"]
         if not re.match(r"torch\b(?!metrics)", d)
     ]
     assert requirements == [r for d in expected for r in d.split()]
     assert not any(re.fullmatch(r"torch([<>=!~].*)?", r) for r in requirements)
     assert any(r.startswith("torchmetrics") for r in requirements)
+    assert any(r.startswith("bitsandbytes") for r in requirements)  # QLoRA runs in the image
 
 
 def test_runtime_settings():

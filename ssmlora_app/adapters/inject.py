@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ssmlora_app.adapters.base import AdapterConfig, AdapterLayer
 from ssmlora_app.adapters.registry import CONFIG_ATTR, adapter_config, get_method, has_adapter
@@ -139,5 +140,11 @@ def count_trainable_parameters(model: nn.Module, include_head: bool = True) -> i
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameter elements, trainable or not."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of parameter elements, trainable or not (a 4-bit weight counted by its shape,
+    not by the bytes that pack two of its elements each)."""
+    return sum(_numel(p) for p in model.parameters())
+
+
+def _numel(p: Tensor) -> int:
+    state = getattr(p, "quant_state", None)  # bitsandbytes' Params4bit: the unpacked shape
+    return math.prod(state.shape) if state is not None else p.numel()

@@ -5,8 +5,9 @@ The QLoRA paper's recipe (§3): every frozen linear stored as 4-bit NF4 with dou
 its block constants and dequantised to ``compute_dtype`` (bf16) for each product; the LoRA factors
 (:class:`~ssmlora_app.adapters.lora.LoRALinear`, the same layer as LoRA's) stay fp32 and train.
 The method changes how the backbone loads (its ``backbone_kwargs`` hook: transformers'
-``BitsAndBytesConfig``), so it needs a CUDA GPU and the ``bitsandbytes`` package; without either,
-a run stops with one line before any weight is read. A 4-bit base cannot take a merged update:
+``BitsAndBytesConfig``), so it needs the ``bitsandbytes`` package and a CUDA GPU, or, with
+``allow_cpu``, bitsandbytes' CPU kernels (slower than LoRA in fp32: for checking a QLoRA set-up on
+a machine without a GPU); without them a run stops with one line before any weight is read. A 4-bit base cannot take a merged update:
 the adapter folder (``peft``'s LoRA layout, loadable onto a 4-bit or a full-precision base) is the
 export.
 """
@@ -34,7 +35,7 @@ COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32
 
 @dataclass
 class QLoRAConfig(LoRAConfig):
-    """QLoRA: LoRA on a backbone loaded in 4 bits (GPU with bitsandbytes only)."""
+    """QLoRA: LoRA on a backbone loaded in 4 bits (bitsandbytes; a GPU, or the CPU if allowed)."""
 
     adapter_type: ClassVar[str] = "qlora"
 
@@ -56,21 +57,49 @@ class QLoRAConfig(LoRAConfig):
                 f"{self.compute_dtype!r}."
             )
 
+    allow_cpu: bool = False
+    """Without a CUDA GPU, load and train the 4-bit backbone on the CPU with bitsandbytes' CPU
+    kernels (slower than LoRA on the fp32 model: for checking a QLoRA set-up without a GPU).
+    Off: QLoRA on a machine without a GPU stops before anything loads."""
 
-def require_4bit() -> None:
-    """Raise :class:`SsmloraError` unless 4-bit loading can work here (CUDA and bitsandbytes)."""
-    if not torch.cuda.is_available():
+
+def require_4bit(config: QLoRAConfig) -> str | int:
+    """The device the 4-bit backbone loads on (this process's GPU, or ``"cpu"`` where the
+    config allows it); :class:`SsmloraError` where 4-bit loading cannot work here."""
+    if not torch.cuda.is_available() and not config.allow_cpu:
         raise SsmloraError(
             "QLoRA loads the backbone in 4 bits with bitsandbytes, which needs a CUDA GPU; none "
-            "is available here. Use LoRA (lora) on CPU."
+            "is available here. Use LoRA (lora) on CPU, or set the adapter's allow_cpu: true to "
+            "run bitsandbytes' (slower) CPU kernels."
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise SsmloraError("QLoRA needs the bitsandbytes package: pip install bitsandbytes.")
+    if torch.cuda.is_available():
+        return int(os.environ.get("LOCAL_RANK", 0))  # each DDP process on its own GPU
+    _require_cpu_kernels()
+    return "cpu"
+
+
+def _require_cpu_kernels() -> None:
+    """Quantise a small matrix on the CPU: older bitsandbytes releases have no CPU kernels."""
+    import bitsandbytes.functional as bnbf
+
+    try:
+        packed, state = bnbf.quantize_4bit(torch.randn(64, 64), quant_type="nf4")
+        bnbf.dequantize_4bit(packed, state)
+    except Exception as err:  # a missing kernel surfaces as NotImplementedError/RuntimeError
+        import bitsandbytes
+
+        raise SsmloraError(
+            f"QLoRA allow_cpu: bitsandbytes {bitsandbytes.__version__} has no CPU kernels for "
+            f"4-bit layers ({type(err).__name__}); install bitsandbytes>=0.48 or use a GPU."
+        ) from None
 
 
 def qlora_backbone_kwargs(config: QLoRAConfig) -> dict:
-    """``from_pretrained`` arguments: the 4-bit quantisation config, on this process's GPU."""
-    require_4bit()
+    """``from_pretrained`` arguments: the 4-bit quantisation config, on this process's GPU (or
+    the CPU where the config allows it)."""
+    device = require_4bit(config)
     from transformers import BitsAndBytesConfig
 
     quantization = BitsAndBytesConfig(
@@ -79,7 +108,6 @@ def qlora_backbone_kwargs(config: QLoRAConfig) -> dict:
         bnb_4bit_use_double_quant=config.double_quant,
         bnb_4bit_compute_dtype=COMPUTE_DTYPES[config.compute_dtype],
     )
-    device = int(os.environ.get("LOCAL_RANK", 0))  # each DDP process on its own GPU
     return {"quantization_config": quantization, "device_map": {"": device}}
 
 
@@ -99,15 +127,21 @@ def inject_qlora(model: nn.Module, config: QLoRAConfig, skip: Sequence[str]) -> 
     if plain:
         raise SsmloraError(
             f"QLoRA: {plain[0]} is not a 4-bit layer, so the backbone was not loaded in 4 bits "
-            "(QLoRA needs model.backbone.name_or_path and a CUDA GPU; a config backbone has no "
-            "weights to quantise). Use lora for a full-precision backbone."
+            "(QLoRA needs model.backbone.name_or_path; a config backbone has no weights to "
+            "quantise). Use lora for a full-precision backbone."
         )
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            # bitsandbytes repacks a 4-bit weight for its CPU inference kernel the first time the
+            # layer runs in eval mode, and that kernel has no backward: training after a
+            # validation pass would back-propagate wrong gradients. Keep the trainable layout.
+            module.support_avx512bf16_for_cpu = False
     add_lora(model, names, config.r, config.alpha, config.dropout, config.use_rslora, False)
     return names
 
 
 def _bench(model: nn.Module, settings: BenchSettings) -> dict[str, AdapterConfig]:
-    raise SsmloraError("QLoRA needs a pretrained backbone loaded in 4 bits on a GPU")
+    raise SsmloraError("QLoRA needs a pretrained backbone loaded in 4 bits")
 
 
 register_adapter(
