@@ -132,8 +132,8 @@ def test_a_short_lora_fit_of_minilm_learns_its_race_questions(minilm, race_artic
     1.386 -> 0.67), far above the 25% of four options, which a pipeline whose labels are not
     the gold options or whose scores do not reach them would stay near.
 
-    Not claimed: unseen questions (a short CPU fit does not leave RACE's 25%, docs/results.md);
-    at 128 tokens the same fit takes 1.7 s a step here, so the test cuts the articles to 64."""
+    Not claimed: unseen questions (not tried, docs/results.md). At 128 tokens the same fit takes
+    1.7 s a step here, so the test cuts the articles to 64."""
     torch.manual_seed(0)
     data = TaskDataModule(task="race", data_dir=str(race_articles), tokenizer=str(minilm),
                           max_length=64, batch_size=4, eval_batch_size=16)  # fmt: skip
