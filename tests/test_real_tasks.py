@@ -120,7 +120,7 @@ def test_race_on_minilm_pairs_each_option_with_its_article_and_scores_per_level(
     the question with one option, the gold option's index as the label, the task's accuracies
     (all, middle, high) equal to the real model's argmax counted by hand, and ``predict`` gives
     those choices. (A short
-    CPU fit does not lift RACE above its 25% chance: docs/results.md.)"""
+    fit on its training questions: tests/test_real_tasks_more.py.)"""
     root = str(shared_data / "race")
     data = TaskDataModule(task="race", data_dir=root, tokenizer=str(minilm), max_length=128,
                           batch_size=4, max_eval_samples=24, eval_batch_size=12)  # fmt: skip
