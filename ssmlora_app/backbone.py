@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils.import_utils import is_mambapy_available
 
 from ssmlora_app.errors import SsmloraError
-from ssmlora_app.tokenization import require_gguf
+from ssmlora_app.tokenization import check_source, require_gguf
 
 
 @dataclass
@@ -119,6 +120,19 @@ def expand_path(value: str | None) -> str | None:
     return expanded if os.path.exists(expanded) else value
 
 
+def check_model_type(model_type: object) -> None:
+    """:class:`SsmloraError` naming the closest known types when transformers has no
+    ``model_type`` (its own message lists all of them)."""
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "e.g. bert, roberta, llama, mamba"
+        raise SsmloraError(
+            f"model.backbone.config: transformers has no model_type {model_type!r} ({hint})."
+        )
+
+
 def no_dropout(config: PretrainedConfig) -> dict[str, float]:
     """Config overrides that set every dropout probability of ``config`` to 0 (``*dropout*``,
     ``*pdrop*`` float fields: BERT's ``hidden_dropout_prob``, Llama's ``attention_dropout``,
@@ -169,6 +183,7 @@ def _build(
             fields.setdefault("pad_token_id", pad_token_id)
         for name, value in tokenizer_fields.items():
             fields.setdefault(name, value)
+        check_model_type(model_type)
         try:
             config = AutoConfig.for_model(model_type, **{**defaults, **fields, **overrides})
         except (ValueError, TypeError, KeyError, StrictDataclassError) as err:
@@ -178,6 +193,7 @@ def _build(
             torch.manual_seed(backbone.init_seed)
             return wrap(auto_cls.from_config(config))
     extra = _gguf_kwargs() if backbone.gguf_file is not None else {}
+    check_source(backbone.name_or_path, "Backbone")
     try:
         model = auto_cls.from_pretrained(
             backbone.name_or_path,
@@ -287,9 +303,11 @@ def _config(backbone: BackboneConfig, defaults: dict | None = None) -> Pretraine
     """The backbone's transformers config (from its dict, or read from ``name_or_path``)."""
     if backbone.config is not None:
         fields = dict(backbone.config)
+        check_model_type(fields["model_type"])
         return AutoConfig.for_model(fields.pop("model_type"), **{**(defaults or {}), **fields})
     if backbone.gguf_file is not None:
         require_gguf()
+    check_source(backbone.name_or_path, "Backbone")
     try:
         return AutoConfig.from_pretrained(backbone.name_or_path, **backbone.pretrained_kwargs())
     except (OSError, ValueError) as err:

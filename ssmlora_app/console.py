@@ -63,6 +63,7 @@ def one_line(message: str) -> str:
     if not reasons and nested is not None:
         reasons = [f"it has no option {nested[0]!r} (given {nested[0]}={nested[1]})"]
     text = " ".join(reasons) or " ".join(message.split())
+    text = re.sub(r"Expected a typing\.Literal\[(.*?)\]\.?", r"expected one of \1,", text)
     text = re.sub(r"Expected a <class '(?:[\w.]+\.)?(\w+)'>\.?", r"expected \1,", text)
     text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
     text = text.replace("Got value:", "got")

@@ -24,12 +24,25 @@ MAX_UNKNOWN_SHARE = 0.5
 """Refuse a tokenizer that maps more than this share of a text sample to unknown/special tokens."""
 
 
+def check_source(source: str, what: str) -> None:
+    """:class:`SsmloraError` when ``source`` is a local path (absolute, relative to ``.``, or
+    deeper than a hub id's ``owner/name``) that does not exist: otherwise the hub would be asked
+    for it and answer about repository ids."""
+    local = source.startswith(("/", "./", "../", "~", "$")) or source.count("/") > 1
+    if (local or "\\" in source) and not Path(source).expanduser().exists():
+        fetch = " `make weights` fetches it;" if "ssmlora/weights" in source else ""
+        raise SsmloraError(
+            f"{what} {source!r}: no such folder here;{fetch} a hub id is 'name' or 'owner/name'."
+        )
+
+
 def load_tokenizer(
     source: str, trust_remote_code: bool = False, gguf_file: str | None = None
 ) -> PreTrainedTokenizerBase:
     """A tokenizer from a hub id or folder (``tokenizer.json``/``tokenizer_config.json``, or only
     ``vocab.json`` + ``merges.txt``: a byte-level BPE read as RoBERTa's), or from the GGUF file
     ``gguf_file`` inside that folder or hub repository (needs the ``gguf`` package)."""
+    check_source(source, "Tokenizer")
     path = Path(source).expanduser()
     if gguf_file is not None:
         return _from_gguf(str(path) if path.is_dir() else source, gguf_file)

@@ -69,9 +69,13 @@ def test_backbone_from_a_local_folder(tmp_path):
 
 
 def test_missing_backbone_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(SsmloraError, match="Cannot load backbone"):
+    with pytest.raises(SsmloraError, match=r"Backbone '.*nope': no such folder here; a hub id"):
         build_classifier(
             BackboneConfig(name_or_path=str(tmp_path / "nope")), 2, "single_label_classification"
+        )
+    with pytest.raises(SsmloraError, match="Cannot load backbone 'nobody/nope'"):  # a hub id
+        build_classifier(
+            BackboneConfig(name_or_path="nobody/nope"), 2, "single_label_classification"
         )
 
 

@@ -27,8 +27,8 @@ from tests.conftest import REPO, TINY_ROBERTA
 INFO = TaskInfo(task="t", num_labels=2, problem_type="single_label_classification",
                 metrics=("accuracy",), eval_splits=("validation",), objective="lm_teacher_forced",
                 vocab_size=120, pad_token_id=0)  # fmt: skip
-MISSING = "/nonexistent/backbone"
-"""A backbone that cannot load: a refusal that names the GPU shows nothing was read first."""
+MISSING = "nobody/no-such-backbone"
+"""A hub id that cannot load (offline): a refusal that names the GPU shows nothing was read first."""
 
 needs_4bit = pytest.mark.skipif(
     importlib.util.find_spec("bitsandbytes") is None,

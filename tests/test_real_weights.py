@@ -320,19 +320,21 @@ def _sst2_words(shared_data) -> set[str]:
     return set(re.findall(r"[a-z]+", (shared_data / "glue" / "SST-2" / "train.tsv").read_text()))
 
 
-ADDITION_RECIPE = {"lora": 2e-3, "ssmlora_full_model": 5e-4, "ssmlora_attention_sparse": 2e-3,
-                   "hrm": 1e-2}  # fmt: skip
-"""Learning rates of the short SmolLM2 fits (30 steps of 8)."""
+ADDITION_RECIPE = {"lora": (3e-3, 15), "ssmlora_full_model": (5e-4, 30),
+                   "ssmlora_attention_sparse": (3e-3, 15), "hrm": (1e-2, 30)}  # fmt: skip
+"""Learning rate and steps (of 8) of the short SmolLM2 fits. Measured exact match on the 24
+validation sums: LoRA and SSMLoRA ``attention_sparse`` 0.62 after 15 steps; SSMLoRA
+``full_model`` (0.75) and HRM (0.42) need 30 (after 15-20 steps, at up to 3x these rates:
+0.00 and 0.12-0.21)."""
 
 
-ADDITION = AdditionTask(chat_template=True, sizes=(("train", 30 * 8), ("validation", 40),
-                                                  ("test", 40)))  # fmt: skip
-"""Two-digit addition through SmolLM2's chat template: 30 batches of 8 to train, 40 to score."""
-
-
-def _addition_data(smollm2):
-    return TaskDataModule(task=ADDITION, objective="causal_lm", tokenizer=str(smollm2),
-                          max_length=64, batch_size=8, eval_batch_size=40)  # fmt: skip
+def _addition_data(smollm2, steps: int = 30):
+    """Two-digit addition through SmolLM2's chat template: ``steps`` batches of 8 to train, 24
+    sums to score."""
+    task = AdditionTask(chat_template=True, sizes=(("train", steps * 8), ("validation", 24),
+                                                   ("test", 24)))  # fmt: skip
+    return TaskDataModule(task=task, objective="causal_lm", tokenizer=str(smollm2),
+                          max_length=64, batch_size=8, eval_batch_size=24)  # fmt: skip
 
 
 def test_the_untrained_decoder_answers_the_addition_prompts_in_sentences(smollm2):
@@ -356,10 +358,12 @@ def test_the_untrained_decoder_answers_the_addition_prompts_in_sentences(smollm2
 
 @pytest.mark.parametrize("name", list(DECODER_ADAPTERS))
 def test_a_short_fit_teaches_the_real_decoder_the_addition_format(smollm2, name):
-    """30 steps of 8 through SmolLM2's chat template, scored by greedy generation."""
-    data = _addition_data(smollm2)
+    """15 or 30 steps of 8 (ADDITION_RECIPE) through SmolLM2's chat template, scored by greedy
+    generation of 24 sums."""
+    lr, steps = ADDITION_RECIPE[name]
+    data = _addition_data(smollm2, steps)
     module = AdapterModule(BackboneConfig(name_or_path=str(smollm2)), DECODER_ADAPTERS[name](),
-                           optimizer=partial(torch.optim.AdamW, lr=ADDITION_RECIPE[name]),
+                           optimizer=partial(torch.optim.AdamW, lr=lr),
                            task_info=data.task_info)  # fmt: skip
     trainer = _trainer(max_epochs=1)
     trainer.fit(module, data)
