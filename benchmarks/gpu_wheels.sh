@@ -14,7 +14,7 @@ wheels=(
   gguf==0.19.0                                                            # GGUF backbones
   nltk==3.10.4 defusedxml==0.7.1                                          # the scorers' tokenizer/stemmer
   bitsandbytes==0.50.2                                                    # QLoRA's 4-bit layers (43 MB)
-  pytest==8.4.2 pluggy==1.6.0 iniconfig==2.1.0                            # the QLoRA tests on the GPU
+  pytest==8.4.2 pluggy==1.6.0 iniconfig==2.1.0 pygments==2.19.2          # the QLoRA tests on the GPU
 )
 rm -rf .whl
 mkdir -p .whl

@@ -286,16 +286,19 @@ def test_the_pretrained_backbone_trains_in_train_mode(minilm, shared_data):
 
 SST2_RECIPE = {"lora": 3e-3, "ssmlora_full_model": 3e-4, "ssmlora_attention_sparse": 3e-3,
                "hrm": 1e-2, "bitfit": 3e-3, "full": 1e-4}  # fmt: skip
-"""Learning rates of the short SST-2 fits (100 steps of 16). SSMLoRA's ``W_a ~ N(0, 1/r)`` makes
+"""Learning rates of the short SST-2 fits (100 steps of 16; full fine-tuning 50: measured 0.785,
+0.77 after 40, against the bar of 0.685). SSMLoRA's ``W_a ~ N(0, 1/r)`` makes
 its down-projection 12-24x LoRA's at MiniLM's widths, so ``full_model`` (26 adapted linears)
 collapses to the majority class at LoRA's rates (see docs/results.md); HRM's gate starts at 0.01
 and needs a higher rate to move in 100 steps."""
+SST2_STEPS = {"full": 50}
+"""Steps of 16 where not 100."""
 
 
 @pytest.mark.parametrize("name", list(ENCODER_ADAPTERS))
 def test_a_short_fit_on_real_sst2_beats_chance(minilm, shared_data, name):
     torch.manual_seed(0)
-    data = _sst2(minilm, shared_data, train=100 * 16)
+    data = _sst2(minilm, shared_data, train=SST2_STEPS.get(name, 100) * 16)
     data.setup("fit")
     # What it trains on: the batch decodes to SST-2's words, not to special or unknown tokens.
     batch = next(iter(data.train_dataloader()))
