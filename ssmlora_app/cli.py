@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import shutil
 import sys
 from argparse import SUPPRESS
 from collections.abc import Callable
@@ -70,20 +71,31 @@ def _tokenizer_gguf_of(backbone) -> str | None:
     return getattr(backbone, "gguf_file", None) if backbone.tokenizer is None else None
 
 
-def _check_writable(folder: str | None) -> None:
-    """Fail before training, not at the first checkpoint, when the run folder can't be written."""
+def _check_writable(folder: str | None) -> Path | None:
+    """Fail before training, not at the first checkpoint, when the run folder can't be written;
+    without creating it. Returns the top folder the run will create (None: it exists), which a
+    refused command removes again while it holds no file (:func:`_remove_if_empty`)."""
     if not folder:
-        return
+        return None
     path = Path(folder).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SsmloraError(f"Cannot create the log folder {path}: {err.strerror}.") from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    existing, top = path, None
+    while not existing.exists():  # the deepest part that exists: what the logger creates under
+        existing, top = existing.parent, existing
+    if not existing.is_dir():
+        raise SsmloraError(f"Cannot create the log folder {path}: {existing} is not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise SsmloraError(
             f"The log folder {path} is not writable: choose another with "
             "--trainer.logger.init_args.save_dir or --trainer.default_root_dir."
         )
+    return top
+
+
+def _remove_if_empty(top: Path | None) -> None:
+    """Remove ``top`` if it holds nothing but empty folders (made by a command that then stopped);
+    a file in it, e.g. from another run meanwhile, keeps it."""
+    if top is not None and top.is_dir() and not any(not p.is_dir() for p in top.rglob("*")):
+        shutil.rmtree(top, ignore_errors=True)
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -101,6 +113,7 @@ class SsmloraCLI(LightningCLI):
 
     _checkpoint = None
     _placement = preflight.Placement(None)
+    _new_folders: tuple[Path | None, ...] = ()  # the folders a refused run removes again
 
     def _parse_ckpt_path(self) -> None:
         """Replaces Lightning's reading of the checkpoint's hyperparameters (ours keep them apart,
@@ -154,11 +167,13 @@ class SsmloraCLI(LightningCLI):
         trainer = config.get("trainer", {})
         logger = trainer.get("logger")
         loggers = logger if isinstance(logger, list) else [logger]
+        new = []
         for item in loggers:
             init_args = getattr(item, "init_args", None) or {}
-            _check_writable(getattr(init_args, "save_dir", None) if init_args else None)
+            new.append(_check_writable(getattr(init_args, "save_dir", None) if init_args else None))
         if subcommand == "fit" or self._placement.run is not None:
-            _check_writable(trainer.get("default_root_dir"))
+            new.append(_check_writable(trainer.get("default_root_dir")))
+        self._new_folders = tuple(new)
         precision = config.get("float32_matmul_precision")
         if precision is not None:  # a process-wide torch setting; only CUDA reads it today
             torch.set_float32_matmul_precision(precision)
@@ -178,6 +193,7 @@ class SsmloraCLI(LightningCLI):
         run = self._placement.run
         if not self.trainer.loggers and run is not None and not self._placement.resume:
             # No logger writes hparams.yaml: the run folder still records its run.
+            run.hparams_path.parent.mkdir(parents=True, exist_ok=True)
             save_hparams_to_yaml(run.hparams_path, dict(self.model.hparams))
 
     def before_validate(self) -> None:
@@ -197,6 +213,8 @@ class SsmloraCLI(LightningCLI):
         except BaseException:
             if subcommand == "fit":
                 preflight.remove_failed_run(self._placement)
+            for top in self._new_folders:
+                _remove_if_empty(top)
             raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
