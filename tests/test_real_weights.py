@@ -159,6 +159,14 @@ PEFT_ENCODER = {
     "prompt_tuning": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 8},
     "ia3": {"peft_type": "IA3", "target_modules": ["key", "value", "output.dense"],
             "feedforward_modules": ["output.dense"]},
+    "adalora": {"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "total_step": 100,
+                "target_modules": ["query", "value"]},
+}  # fmt: skip
+PEFT_DECODER = {
+    "dora": {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": True,
+             "target_modules": ["q_proj", "v_proj"]},
+    "ia3": {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+            "feedforward_modules": ["down_proj"]},
 }  # fmt: skip
 """``peft``'s methods through the ``peft`` adapter on the real encoder: DoRA and (IA)³ (its
 vectors start at ones: zero effect at init) and prompt tuning (virtual tokens: not zero at
@@ -174,6 +182,17 @@ def test_peft_adapter_on_real_weights(minilm, tmp_path, name):
     model = inject_adapters(copy.deepcopy(base), PeftConfig(peft_config=PEFT_ENCODER[name]))
     _check_adapter(model.eval(), batch, expected, tmp_path, lambda: _encoder(minilm)[0],
                    zero_at_init=name != "prompt_tuning")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(PEFT_DECODER))
+def test_peft_adapter_on_the_real_decoder(smollm2, tmp_path, name):
+    base, tokenizer = _decoder(smollm2)
+    batch = tokenizer(["The capital of France is", "Two plus two equals"], padding=True,
+                      return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        expected = base(**batch).logits
+    model = inject_adapters(copy.deepcopy(base), PeftConfig(peft_config=PEFT_DECODER[name]))
+    _check_adapter(model.eval(), batch, expected, tmp_path, lambda: _decoder(smollm2)[0])
 
 
 def _check_adapter(model, batch, expected, tmp_path, fresh, zero_at_init=True):
