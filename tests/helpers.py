@@ -1,6 +1,8 @@
 """Small builders shared by the tests."""
 
 import copy
+import re
+import unicodedata
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -57,3 +59,20 @@ def wordpiece_tokenizer(texts):
         tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
         sep_token="[SEP]",
     )  # fmt: skip
+
+
+def quiet_trainer(**kwargs):
+    """A CPU Lightning trainer that writes and prints nothing, without sanity-check batches (on
+    SmolLM2 two generation batches cost as much as six training steps)."""
+    import lightning as L
+
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, **kwargs)  # fmt: skip
+
+
+def wordpiece_letters(text: str) -> str:
+    """Lower-case letters and digits without accents: what an uncased WordPiece round trip
+    keeps of a text."""
+    plain = unicodedata.normalize("NFKD", text.lower())
+    return re.sub(r"[^a-z0-9]", "", "".join(c for c in plain if not unicodedata.combining(c)))

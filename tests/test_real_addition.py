@@ -13,7 +13,8 @@ from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks import AdditionTask
-from tests.test_real_weights import DECODER_ADAPTERS, _trainer
+from tests.helpers import quiet_trainer
+from tests.test_real_weights import DECODER_ADAPTERS
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ def test_the_untrained_decoder_answers_the_addition_prompts_in_sentences(smollm2
     assert answer.endswith("<|im_end|>") and answer.removesuffix("<|im_end|>").isdigit(), answer
     frozen = AdapterModule(BackboneConfig(name_or_path=str(smollm2)), LoRAConfig(
         target_modules=["q_proj"]), task_info=data.task_info)  # fmt: skip
-    metrics = _trainer().validate(frozen, data, verbose=False)[0]
+    metrics = quiet_trainer().validate(frozen, data, verbose=False)[0]
     assert metrics["val/exact_match"] == 0.0, metrics
 
 
@@ -63,7 +64,7 @@ def test_a_short_fit_teaches_the_real_decoder_the_addition_format(smollm2, name)
     module = AdapterModule(BackboneConfig(name_or_path=str(smollm2)), DECODER_ADAPTERS[name](),
                            optimizer=partial(torch.optim.AdamW, lr=lr),
                            task_info=data.task_info)  # fmt: skip
-    trainer = _trainer(max_epochs=1)
+    trainer = quiet_trainer(max_epochs=1)
     trainer.fit(module, data)
     after = float(trainer.callback_metrics["val/exact_match"])
     assert after >= 0.25, (name, after)  # untrained: 0.00 (the test above)

@@ -18,7 +18,7 @@ from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks import AdditionTask
-from tests.test_real_weights import _trainer
+from tests.helpers import quiet_trainer
 
 pytestmark = [
     pytest.mark.real,
@@ -43,7 +43,7 @@ def test_qlora_on_the_real_4bit_decoder_learns_the_addition_format(smollm2):
     assert type(q_proj).__name__ == "Linear4bit" and q_proj.weight.dtype == torch.uint8
     # SmolLM2's 134.5 M weights, counted as weights, not as the bytes that pack two each.
     assert count_parameters(module.model) == 134_515_008 + 460_800
-    trainer = _trainer(max_epochs=1)
+    trainer = quiet_trainer(max_epochs=1)
     before = trainer.validate(module, data, verbose=False)[0]
     assert before["val/exact_match"] == 0.0, before  # the instruct model writes sentences
     trainer.fit(module, data)

@@ -10,11 +10,8 @@ broken pipeline could not beat.
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
 
@@ -25,21 +22,9 @@ from ssmlora_app.module import AdapterModule
 from ssmlora_app.objectives.multiple_choice import option_text
 from ssmlora_app.objectives.span_features import OUTSIDE
 from ssmlora_app.tasks import DartTask, SquadTask
+from tests.helpers import quiet_trainer, wordpiece_letters
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
-
-
-def _trainer(**kwargs):
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, **kwargs)  # fmt: skip
-
-
-def _letters(text: str) -> str:
-    """Lower-case letters and digits without accents: what an uncased WordPiece round trip
-    keeps of a text."""
-    plain = unicodedata.normalize("NFKD", text.lower())
-    return re.sub(r"[^a-z0-9]", "", "".join(c for c in plain if not unicodedata.combining(c)))
 
 
 # ---- SQuAD v1.1 on MiniLM ------------------------------------------------------------------
@@ -84,12 +69,15 @@ def test_a_short_lora_fit_of_minilm_learns_the_answers_of_its_squad_questions(
         context = [k for k, (s, _) in enumerate(offsets) if s != OUTSIDE]
         window_text = window["context"][offsets[context[0]][0] : offsets[context[-1]][1]]
         decoded = data.tokenizer.decode(ids[first_sep + 1 : context[-1] + 1])
-        assert _letters(decoded) == _letters(window_text)
-        assert _letters(data.tokenizer.decode(ids[1:first_sep])) and ids[0] == 101
+        assert wordpiece_letters(decoded) == wordpiece_letters(window_text)
+        assert wordpiece_letters(data.tokenizer.decode(ids[1:first_sep])) and ids[0] == 101
         start, end = window["start_positions"], window["end_positions"]
         span = window["context"][offsets[start][0] : offsets[end][1]]
         exact += span == window["answers"][0]
-        assert _letters(window["answers"][0]) in _letters(span), (span, window["answers"])
+        assert wordpiece_letters(window["answers"][0]) in wordpiece_letters(span), (
+            span,
+            window["answers"],
+        )
         assert data.tokenizer.unk_token_id not in ids
     assert exact >= 0.9 * len(labelled)  # the others: answers cut inside a word
 
@@ -97,9 +85,9 @@ def test_a_short_lora_fit_of_minilm_learns_the_answers_of_its_squad_questions(
                            LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]),
                            optimizer=partial(torch.optim.AdamW, lr=3e-3),
                            task_info=data.task_info)  # fmt: skip
-    before = _trainer().validate(module, data, verbose=False)[0]
-    _trainer(max_steps=30, max_epochs=-1).fit(module, data)
-    after = _trainer().validate(module, data, verbose=False)[0]
+    before = quiet_trainer().validate(module, data, verbose=False)[0]
+    quiet_trainer(max_steps=30, max_epochs=-1).fit(module, data)
+    after = quiet_trainer().validate(module, data, verbose=False)[0]
     assert before["val/f1"] < 0.2, before  # a random head's spans
     # measured: F1 0.07 -> 0.47, EM 0.00 -> 0.44 (random spans stay near the first values)
     assert after["val/f1"] >= before["val/f1"] + 0.25, (before, after)
@@ -140,12 +128,16 @@ def test_race_on_minilm_pairs_each_option_with_its_article_and_scores_per_level(
             cls, rest = data.tokenizer.decode(ids).split(data.tokenizer.cls_token, 1)
             article, choice = rest.split(data.tokenizer.sep_token)[:2]
             assert not cls
-            assert _letters(row["context"]).startswith(_letters(article))  # cut at its end
-            assert _letters(choice) == _letters(option_text(row["question"], row["choices"][k]))
+            assert wordpiece_letters(row["context"]).startswith(
+                wordpiece_letters(article)
+            )  # cut at its end
+            assert wordpiece_letters(choice) == wordpiece_letters(
+                option_text(row["question"], row["choices"][k])
+            )
 
     module = AdapterModule(BackboneConfig(name_or_path=str(minilm)), LoRAConfig(),
                            task_info=data.task_info)  # fmt: skip
-    metrics = _trainer().validate(module, data, verbose=False)[0]
+    metrics = quiet_trainer().validate(module, data, verbose=False)[0]
     module.model.eval()
     with torch.no_grad():
         right = torch.cat(
@@ -155,7 +147,7 @@ def test_race_on_minilm_pairs_each_option_with_its_article_and_scores_per_level(
             ]
         ).eq(batch.labels)
     # predict (the validation split, in its order): the same choices
-    predicted = torch.cat(_trainer().predict(module, data))
+    predicted = torch.cat(quiet_trainer().predict(module, data))
     assert torch.equal(predicted.eq(batch.labels), right)
     for name, mask in (("", torch.ones(24, dtype=torch.bool)), ("_middle", batch.levels == 0),
                        ("_high", batch.levels == 1)):  # fmt: skip
@@ -210,7 +202,7 @@ def test_dart_on_smollm2_generates_through_its_metric_and_a_short_fit_lowers_the
                            LoRAConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj"]),
                            optimizer=partial(torch.optim.AdamW, lr=2e-3),
                            task_info=data.task_info)  # fmt: skip
-    before = _trainer().validate(module, data, verbose=False)[0]
+    before = quiet_trainer().validate(module, data, verbose=False)[0]
     batch = next(iter(data.val_dataloader()[0]))
     for ids, n in zip(batch.prompts.ids, batch.prompts.lengths, strict=True):
         # what generation continues: the task text and ###
@@ -225,7 +217,7 @@ def test_dart_on_smollm2_generates_through_its_metric_and_a_short_fit_lowers_the
     no_synonyms = meteor(answers, batch.references, synonyms=False)["meteor"]
     assert before["val/meteor_no_synonyms"] == pytest.approx(no_synonyms, abs=1e-6)
     assert no_synonyms > 0
-    _trainer(max_steps=10, limit_val_batches=0).fit(module, data)  # no generation: loss below
+    quiet_trainer(max_steps=10, limit_val_batches=0).fit(module, data)  # no generation: loss below
     module.model.eval()
     with torch.no_grad():  # the held-out target loss as validation computes it, without generating
         nll, _, tokens = module.objective.target_stats(module.model, batch)

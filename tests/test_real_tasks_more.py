@@ -14,7 +14,6 @@ import json
 import shutil
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
 
@@ -23,19 +22,9 @@ from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.objectives.multiple_choice import option_text
+from tests.helpers import quiet_trainer, wordpiece_letters
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
-
-
-def _trainer(**kwargs):
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, **kwargs)  # fmt: skip
-
-
-def _letters(text: str) -> str:
-    """What an uncased WordPiece round trip keeps of a text (lower-case letters and digits)."""
-    return "".join(c for c in text.lower() if c.isalnum())
 
 
 def _choices_decode_to(data, rows: list[dict], records: list[dict]) -> None:
@@ -49,8 +38,12 @@ def _choices_decode_to(data, rows: list[dict], records: list[dict]) -> None:
             ids = batch.inputs["input_ids"][b, k].tolist()
             assert ids[0] == tokenizer.cls_token_id and ids.count(tokenizer.sep_token_id) == 2
             first, second = tokenizer.decode(ids[1:]).split(tokenizer.sep_token)[:2]
-            assert _letters(record["context"]).startswith(_letters(first)) and _letters(first)
-            assert _letters(second) == _letters(option_text(record["question"], choice))
+            assert wordpiece_letters(record["context"]).startswith(
+                wordpiece_letters(first)
+            ) and wordpiece_letters(first)
+            assert wordpiece_letters(second) == wordpiece_letters(
+                option_text(record["question"], choice)
+            )
 
 
 # ---- COPA on MiniLM (multiple_choice) -------------------------------------------------------
@@ -99,9 +92,9 @@ def test_a_short_lora_fit_of_minilm_learns_its_copa_questions(minilm, copa_train
                            LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]),
                            optimizer=partial(torch.optim.AdamW, lr=3e-3),
                            task_info=data.task_info)  # fmt: skip
-    before = _trainer().validate(module, data, verbose=False)[0]
-    _trainer(max_steps=40, max_epochs=-1).fit(module, data)
-    after = _trainer().validate(module, data, verbose=False)[0]
+    before = quiet_trainer().validate(module, data, verbose=False)[0]
+    quiet_trainer(max_steps=40, max_epochs=-1).fit(module, data)
+    after = quiet_trainer().validate(module, data, verbose=False)[0]
     assert before["val/accuracy"] <= 0.7, before
     assert after["val/accuracy"] >= 0.85, (before, after)
     assert after["val/loss"] < before["val/loss"], (before, after)
@@ -147,9 +140,9 @@ def test_a_short_lora_fit_of_minilm_learns_its_race_questions(minilm, race_artic
                            LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]),
                            optimizer=partial(torch.optim.AdamW, lr=1e-2),
                            task_info=data.task_info)  # fmt: skip
-    before = _trainer().validate(module, data, verbose=False)[0]
-    _trainer(max_steps=30, max_epochs=-1).fit(module, data)
-    after = _trainer().validate(module, data, verbose=False)[0]
+    before = quiet_trainer().validate(module, data, verbose=False)[0]
+    quiet_trainer(max_steps=30, max_epochs=-1).fit(module, data)
+    after = quiet_trainer().validate(module, data, verbose=False)[0]
     assert before["val/loss"] == pytest.approx(1.386, abs=0.01), before  # ln 4: a fresh head
     assert after["val/accuracy"] >= 0.625, (before, after)  # 10 of 16; chance gives 4
     assert after["val/loss"] < before["val/loss"] - 0.3, (before, after)
@@ -245,7 +238,7 @@ def test_spider_on_smollm2_prompts_scores_and_a_short_fit_teaches_the_sql_format
 
     loss_before, firsts = held_out()
     assert not any(f.strip().upper().startswith("SEL") for f in firsts), firsts
-    _trainer(max_steps=8, max_epochs=-1, limit_val_batches=0).fit(module, data)
+    quiet_trainer(max_steps=8, max_epochs=-1, limit_val_batches=0).fit(module, data)
     loss_after, _ = held_out()
     assert loss_after < loss_before - 1.0, (loss_before, loss_after)
 
@@ -257,7 +250,7 @@ def test_spider_on_smollm2_prompts_scores_and_a_short_fit_teaches_the_sql_format
         return out
 
     monkeypatch.setattr(module.objective, "generate_text", spy)
-    metrics = _trainer().test(module, data, verbose=False)[0]
+    metrics = quiet_trainer().test(module, data, verbose=False)[0]
     assert len(answers) == 3
     assert sum(a.lstrip().upper().startswith("SELECT") for a in answers) >= 2, answers
     triples = [(a, q["query"], q["db_id"]) for a, q in zip(answers, scored, strict=True)]
@@ -347,7 +340,7 @@ def test_leval_exam_files_on_smollm2_keep_the_question_and_score_greedy_answers(
         return out
 
     monkeypatch.setattr(module.objective, "generate_text", spy)
-    metrics = _trainer().validate(module, data, verbose=False)[0]
+    metrics = quiet_trainer().validate(module, data, verbose=False)[0]
     assert len(answers) == 2  # may be empty: on topic retrieval SmolLM2 says EOS at once
     if kind == "letters":
         multiple = data.task_info.metric_options["multiple"]

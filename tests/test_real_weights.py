@@ -14,7 +14,6 @@ import re
 import warnings
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
 
@@ -37,6 +36,7 @@ from ssmlora_app.module import AdapterModule
 from ssmlora_app.tokenization import id_space, load_tokenizer
 from ssmlora_app.tools.weights import SMOLLM2, SMOLLM2_GGUF
 from tests.conftest import REPO
+from tests.helpers import quiet_trainer
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -271,13 +271,6 @@ def _sst2(minilm, shared_data, train, evaluate=200, batch_size=16):
                           max_eval_samples=evaluate, eval_batch_size=100)  # fmt: skip
 
 
-def _trainer(**kwargs):
-    # no sanity-check batches: on SmolLM2 two generation batches cost as much as six steps
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, **kwargs)  # fmt: skip
-
-
 def test_the_pretrained_backbone_trains_in_train_mode(minilm, shared_data):
     data = _sst2(minilm, shared_data, train=48, evaluate=32)
     module = _ModeProbe(BackboneConfig(name_or_path=str(minilm)), LoRAConfig(),
@@ -285,7 +278,7 @@ def test_the_pretrained_backbone_trains_in_train_mode(minilm, shared_data):
     module.modes = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _trainer(max_epochs=1).fit(module, data)
+        quiet_trainer(max_epochs=1).fit(module, data)
     assert not [w for w in caught if "eval mode" in str(w.message)]
     train = [m for kind, m in module.modes if kind == "train"]
     val = [m for kind, m in module.modes if kind == "val"]
@@ -329,7 +322,7 @@ def test_a_short_fit_on_real_sst2_beats_chance(minilm, shared_data, name):
     module = AdapterModule(BackboneConfig(name_or_path=str(minilm)), ENCODER_ADAPTERS[name](),
                            optimizer=partial(torch.optim.AdamW, lr=SST2_RECIPE[name]),
                            task_info=data.task_info)  # fmt: skip
-    trainer = _trainer(max_epochs=1)
+    trainer = quiet_trainer(max_epochs=1)
     trainer.fit(module, data)
     accuracy = float(trainer.callback_metrics["val/accuracy"])
     chance = data.majority_baseline()
