@@ -3,6 +3,7 @@
 untrained instruct model answers in sentences (exact match 0), a short fit of each decoder adapter
 teaches it the format. (QLoRA on the same task: tests/test_real_qlora.py.)"""
 
+import re
 from functools import partial
 
 import pytest
@@ -36,19 +37,24 @@ def _addition_data(smollm2, steps: int = 30):
                           max_length=64, batch_size=8, eval_batch_size=24)  # fmt: skip
 
 
+def assert_trains_on_chat_sums(data) -> None:
+    """What a fit of ``data`` trains on: each training row is the chat-formatted question
+    followed by the sum and the end of the turn, and only those tokens are targets."""
+    data.setup("fit")
+    for row in data.splits["train"].select(range(8)):
+        text = data.tokenizer.decode(row["input_ids"])
+        answer = data.tokenizer.decode([i for i in row["labels"] if i >= 0])
+        question = re.search(r"What is (\d+) \+ (\d+)\?", text)
+        assert "<|im_start|>user\n" in text and question, text
+        assert text.endswith("<|im_start|>assistant\n" + answer), text
+        assert answer == f"{int(question[1]) + int(question[2])}<|im_end|>", (text, answer)
+
+
 def test_the_untrained_decoder_answers_the_addition_prompts_in_sentences(smollm2):
     """Before training (every adapter starts at, or next to, the frozen model): exact match 0,
-    since the instruct model writes sentences; what it trains on is the chat-formatted question
-    followed by the answer and the end of the turn."""
+    since the instruct model writes sentences."""
     data = _addition_data(smollm2)
-    data.setup("fit")
-    row = data.splits["train"][0]
-    text = data.tokenizer.decode(row["input_ids"])
-    answer = data.tokenizer.decode([i for i in row["labels"] if i >= 0])
-    assert "<|im_start|>user\nWhat is" in text and text.endswith(
-        "<|im_start|>assistant\n" + answer
-    ), text
-    assert answer.endswith("<|im_end|>") and answer.removesuffix("<|im_end|>").isdigit(), answer
+    assert_trains_on_chat_sums(data)
     frozen = AdapterModule(BackboneConfig(name_or_path=str(smollm2)), LoRAConfig(
         target_modules=["q_proj"]), task_info=data.task_info)  # fmt: skip
     metrics = quiet_trainer().validate(frozen, data, verbose=False)[0]
@@ -61,6 +67,7 @@ def test_a_short_fit_teaches_the_real_decoder_the_addition_format(smollm2, name)
     generation of 24 sums."""
     lr, steps = ADDITION_RECIPE[name]
     data = _addition_data(smollm2, steps)
+    assert_trains_on_chat_sums(data)
     module = AdapterModule(BackboneConfig(name_or_path=str(smollm2)), DECODER_ADAPTERS[name](),
                            optimizer=partial(torch.optim.AdamW, lr=lr),
                            task_info=data.task_info)  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import lightning as L
 import pytest
 import torch
 
@@ -19,6 +18,8 @@ from ssmlora_app.adapters import PeftConfig, adapter_state_dict
 from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
+from tests.helpers import quiet_trainer
+from tests.test_real_weights import assert_trains_on_sst2_text
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -51,14 +52,13 @@ def test_a_short_peft_fit_on_real_sst2_beats_the_majority_class(minilm, shared_d
     torch.manual_seed(0)
     peft_config, lr = PEFT_SST2[name]
     data = _sst2(minilm, shared_data, steps=100)
+    assert_trains_on_sst2_text(data, shared_data)
     module = AdapterModule(BackboneConfig(name_or_path=str(minilm)),
                            PeftConfig(peft_config=peft_config),
                            optimizer=partial(torch.optim.AdamW, lr=lr),
                            task_info=data.task_info)  # fmt: skip
     initial = {k: v.clone() for k, v in adapter_state_dict(module.model).items()}
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, max_epochs=1)  # fmt: skip
+    trainer = quiet_trainer(max_epochs=1)
     trainer.fit(module, data)
     accuracy = float(trainer.callback_metrics["val/accuracy"])
     assert accuracy >= data.majority_baseline() + 0.15, (name, accuracy)

@@ -19,6 +19,7 @@ from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.tasks import AdditionTask
 from tests.helpers import quiet_trainer
+from tests.test_real_addition import assert_trains_on_chat_sums
 
 pytestmark = [
     pytest.mark.real,
@@ -34,6 +35,7 @@ ADDITION = AdditionTask(chat_template=True, sizes=(("train", 10 * 8), ("validati
 def test_qlora_on_the_real_4bit_decoder_learns_the_addition_format(smollm2):
     data = TaskDataModule(task=ADDITION, objective="causal_lm", tokenizer=str(smollm2),
                           max_length=64, batch_size=8, eval_batch_size=16)  # fmt: skip
+    assert_trains_on_chat_sums(data)
     config = QLoRAConfig(r=8, alpha=16, target_modules=["q_proj", "v_proj"], allow_cpu=True,
                          compute_dtype="float32")  # fmt: skip
     module = AdapterModule(BackboneConfig(name_or_path=str(smollm2)), config,

@@ -46,6 +46,19 @@ def _choices_decode_to(data, rows: list[dict], records: list[dict]) -> None:
             )
 
 
+def _capture_answers(monkeypatch, module) -> list[str]:
+    """The list every answer the module's objective generates from now on is appended to."""
+    answers: list[str] = []
+    generate = module.objective.generate_text
+
+    def spy(*args, **kwargs):
+        answers.extend(out := generate(*args, **kwargs))
+        return out
+
+    monkeypatch.setattr(module.objective, "generate_text", spy)
+    return answers
+
+
 # ---- COPA on MiniLM (multiple_choice) -------------------------------------------------------
 
 
@@ -242,14 +255,7 @@ def test_spider_on_smollm2_prompts_scores_and_a_short_fit_teaches_the_sql_format
     loss_after, _ = held_out()
     assert loss_after < loss_before - 1.0, (loss_before, loss_after)
 
-    answers: list[str] = []
-    generate = module.objective.generate_text
-
-    def spy(*args, **kwargs):
-        answers.extend(out := generate(*args, **kwargs))
-        return out
-
-    monkeypatch.setattr(module.objective, "generate_text", spy)
+    answers = _capture_answers(monkeypatch, module)
     metrics = quiet_trainer().test(module, data, verbose=False)[0]
     assert len(answers) == 3
     assert sum(a.lstrip().upper().startswith("SELECT") for a in answers) >= 2, answers
@@ -332,14 +338,7 @@ def test_leval_exam_files_on_smollm2_keep_the_question_and_score_greedy_answers(
     module = AdapterModule(BackboneConfig(name_or_path=str(smollm2)),
                            LoRAConfig(target_modules=["q_proj", "v_proj"]),
                            task_info=data.task_info)  # fmt: skip
-    answers: list[str] = []
-    generate = module.objective.generate_text
-
-    def spy(*args, **kwargs):
-        answers.extend(out := generate(*args, **kwargs))
-        return out
-
-    monkeypatch.setattr(module.objective, "generate_text", spy)
+    answers = _capture_answers(monkeypatch, module)
     metrics = quiet_trainer().validate(module, data, verbose=False)[0]
     assert len(answers) == 2  # may be empty: on topic retrieval SmolLM2 says EOS at once
     if kind == "letters":

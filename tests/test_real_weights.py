@@ -310,15 +310,7 @@ SST2_STEPS = {"full": 50}
 def test_a_short_fit_on_real_sst2_beats_chance(minilm, shared_data, name):
     torch.manual_seed(0)
     data = _sst2(minilm, shared_data, train=SST2_STEPS.get(name, 100) * 16)
-    data.setup("fit")
-    # What it trains on: the batch decodes to SST-2's words, not to special or unknown tokens.
-    batch = next(iter(data.train_dataloader()))
-    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
-    longest = ids[mask.sum(1).argmax()]
-    text = data.tokenizer.decode(longest, skip_special_tokens=True)
-    words = re.findall(r"[a-z]+", text)
-    assert len(words) >= 5 and set(words) <= _sst2_words(shared_data), text
-    assert data.tokenizer.unk_token_id not in longest.tolist()
+    assert_trains_on_sst2_text(data, shared_data)
     module = AdapterModule(BackboneConfig(name_or_path=str(minilm)), ENCODER_ADAPTERS[name](),
                            optimizer=partial(torch.optim.AdamW, lr=SST2_RECIPE[name]),
                            task_info=data.task_info)  # fmt: skip
@@ -328,6 +320,19 @@ def test_a_short_fit_on_real_sst2_beats_chance(minilm, shared_data, name):
     chance = data.majority_baseline()
     # A pipeline that feeds special tokens only, or trains nothing, stays at the majority class.
     assert accuracy >= chance + 0.15, (name, accuracy, chance)
+
+
+def assert_trains_on_sst2_text(data, shared_data) -> None:
+    """What a fit of ``data`` trains on: a training batch decodes to SST-2's words, not to
+    special or unknown tokens."""
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    longest = ids[mask.sum(1).argmax()]
+    text = data.tokenizer.decode(longest, skip_special_tokens=True)
+    words = re.findall(r"[a-z]+", text)
+    assert len(words) >= 5 and set(words) <= _sst2_words(shared_data), text
+    assert data.tokenizer.unk_token_id not in longest.tolist()
 
 
 def _sst2_words(shared_data) -> set[str]:
