@@ -7,9 +7,9 @@ its block constants and dequantised to ``compute_dtype`` (bf16) for each product
 The method changes how the backbone loads (its ``backbone_kwargs`` hook: transformers'
 ``BitsAndBytesConfig``), so it needs the ``bitsandbytes`` package and a CUDA GPU, or, with
 ``allow_cpu``, bitsandbytes' CPU kernels (slower than LoRA in fp32: for checking a QLoRA set-up on
-a machine without a GPU); without them a run stops with one line before any weight is read. A 4-bit base cannot take a merged update:
-the adapter folder (``peft``'s LoRA layout, loadable onto a 4-bit or a full-precision base) is the
-export.
+a machine without a GPU); without them a run stops with one line before any weight is read. A
+4-bit base cannot take a merged update: the adapter folder (``peft``'s LoRA layout, loadable onto
+a 4-bit or a full-precision base) is the export.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ class QLoRAConfig(LoRAConfig):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Dtype the 4-bit weights are dequantised to for each product (the paper: bfloat16)."""
 
+    allow_cpu: bool = False
+    """Without a CUDA GPU, load and train the 4-bit backbone on the CPU with bitsandbytes' CPU
+    kernels (slower than LoRA on the fp32 model: for checking a QLoRA set-up without a GPU).
+    Off: QLoRA on a machine without a GPU stops before anything loads."""
+
     def validate(self) -> None:
         super().validate()
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -56,11 +61,6 @@ class QLoRAConfig(LoRAConfig):
                 f"QLoRA compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got "
                 f"{self.compute_dtype!r}."
             )
-
-    allow_cpu: bool = False
-    """Without a CUDA GPU, load and train the 4-bit backbone on the CPU with bitsandbytes' CPU
-    kernels (slower than LoRA on the fp32 model: for checking a QLoRA set-up without a GPU).
-    Off: QLoRA on a machine without a GPU stops before anything loads."""
 
 
 def require_4bit(config: QLoRAConfig) -> str | int:
@@ -92,7 +92,7 @@ def _require_cpu_kernels() -> None:
 
         raise SsmloraError(
             f"QLoRA allow_cpu: bitsandbytes {bitsandbytes.__version__} has no CPU kernels for "
-            f"4-bit layers ({type(err).__name__}); install bitsandbytes>=0.48 or use a GPU."
+            f"4-bit layers ({type(err).__name__}); install bitsandbytes>=0.50 (the version tested) or use a GPU."
         ) from None
 
 
