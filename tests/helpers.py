@@ -76,3 +76,22 @@ def wordpiece_letters(text: str) -> str:
     keeps of a text."""
     plain = unicodedata.normalize("NFKD", text.lower())
     return re.sub(r"[^a-z0-9]", "", "".join(c for c in plain if not unicodedata.combining(c)))
+
+
+def lora_fit_before_after(encoder: str, data, lr: float, steps: int) -> tuple[dict, dict]:
+    """LoRA r=8 on the query/value linears of ``encoder`` (a folder), ``steps`` AdamW steps at
+    ``lr`` on ``data``: the validation metrics before and after."""
+    from functools import partial
+
+    from ssmlora_app.adapters import LoRAConfig
+    from ssmlora_app.backbone import BackboneConfig
+    from ssmlora_app.module import AdapterModule
+
+    module = AdapterModule(BackboneConfig(name_or_path=encoder),
+                           LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]),
+                           optimizer=partial(torch.optim.AdamW, lr=lr),
+                           task_info=data.task_info)  # fmt: skip
+    before = quiet_trainer().validate(module, data, verbose=False)[0]
+    quiet_trainer(max_steps=steps, max_epochs=-1).fit(module, data)
+    after = quiet_trainer().validate(module, data, verbose=False)[0]
+    return before, after

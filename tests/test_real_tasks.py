@@ -22,7 +22,7 @@ from ssmlora_app.module import AdapterModule
 from ssmlora_app.objectives.multiple_choice import option_text
 from ssmlora_app.objectives.span_features import OUTSIDE
 from ssmlora_app.tasks import DartTask, SquadTask
-from tests.helpers import quiet_trainer, wordpiece_letters
+from tests.helpers import lora_fit_before_after, quiet_trainer, wordpiece_letters
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -81,13 +81,7 @@ def test_a_short_lora_fit_of_minilm_learns_the_answers_of_its_squad_questions(
         assert data.tokenizer.unk_token_id not in ids
     assert exact >= 0.9 * len(labelled)  # the others: answers cut inside a word
 
-    module = AdapterModule(BackboneConfig(name_or_path=str(minilm)),
-                           LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]),
-                           optimizer=partial(torch.optim.AdamW, lr=3e-3),
-                           task_info=data.task_info)  # fmt: skip
-    before = quiet_trainer().validate(module, data, verbose=False)[0]
-    quiet_trainer(max_steps=30, max_epochs=-1).fit(module, data)
-    after = quiet_trainer().validate(module, data, verbose=False)[0]
+    before, after = lora_fit_before_after(str(minilm), data, lr=3e-3, steps=30)
     assert before["val/f1"] < 0.2, before  # a random head's spans
     # measured: F1 0.07 -> 0.47, EM 0.00 -> 0.44 (random spans stay near the first values)
     assert after["val/f1"] >= before["val/f1"] + 0.25, (before, after)

@@ -22,7 +22,7 @@ from ssmlora_app.backbone import BackboneConfig
 from ssmlora_app.data import TaskDataModule
 from ssmlora_app.module import AdapterModule
 from ssmlora_app.objectives.multiple_choice import option_text
-from tests.helpers import quiet_trainer, wordpiece_letters
+from tests.helpers import lora_fit_before_after, quiet_trainer, wordpiece_letters
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -101,13 +101,7 @@ def test_a_short_lora_fit_of_minilm_learns_its_copa_questions(minilm, copa_train
     _choices_decode_to(data, [train[i] for i in range(60)], choice_records)
     assert 0.3 < sum(r["label"] for r in choice_records) / 60 < 0.7  # both options are gold
 
-    module = AdapterModule(BackboneConfig(name_or_path=str(minilm)),
-                           LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]),
-                           optimizer=partial(torch.optim.AdamW, lr=3e-3),
-                           task_info=data.task_info)  # fmt: skip
-    before = quiet_trainer().validate(module, data, verbose=False)[0]
-    quiet_trainer(max_steps=40, max_epochs=-1).fit(module, data)
-    after = quiet_trainer().validate(module, data, verbose=False)[0]
+    before, after = lora_fit_before_after(str(minilm), data, lr=3e-3, steps=40)
     assert before["val/accuracy"] <= 0.7, before
     assert after["val/accuracy"] >= 0.85, (before, after)
     assert after["val/loss"] < before["val/loss"], (before, after)
@@ -149,13 +143,7 @@ def test_a_short_lora_fit_of_minilm_learns_its_race_questions(minilm, race_artic
     assert len(train) == len(raw) == 16 and sorted(set(raw["level"])) == ["high", "middle"]
     _choices_decode_to(data, [train[i] for i in range(16)], list(raw))
 
-    module = AdapterModule(BackboneConfig(name_or_path=str(minilm)),
-                           LoRAConfig(r=8, alpha=16, target_modules=["query", "value"]),
-                           optimizer=partial(torch.optim.AdamW, lr=1e-2),
-                           task_info=data.task_info)  # fmt: skip
-    before = quiet_trainer().validate(module, data, verbose=False)[0]
-    quiet_trainer(max_steps=30, max_epochs=-1).fit(module, data)
-    after = quiet_trainer().validate(module, data, verbose=False)[0]
+    before, after = lora_fit_before_after(str(minilm), data, lr=1e-2, steps=30)
     assert before["val/loss"] == pytest.approx(1.386, abs=0.01), before  # ln 4: a fresh head
     assert after["val/accuracy"] >= 0.625, (before, after)  # 10 of 16; chance gives 4
     assert after["val/loss"] < before["val/loss"] - 0.3, (before, after)

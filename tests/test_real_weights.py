@@ -86,6 +86,15 @@ def _decoder(path):
     return model.eval(), tokenizer
 
 
+def _decoder_batch(path):
+    """The real decoder, two prompts and its logits for them."""
+    base, tokenizer = _decoder(path)
+    batch = tokenizer(["The capital of France is", "Two plus two equals"], padding=True,
+                      return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        return base, batch, base(**batch).logits
+
+
 def _randomise(model, std=0.02):
     """Non-zero values for every adapter tensor, so an adapter that does nothing shows."""
     with torch.no_grad():
@@ -144,11 +153,7 @@ def test_encoder_adapter_on_real_weights(minilm, tmp_path, name):
 
 @pytest.mark.parametrize("name", list(DECODER_ADAPTERS))
 def test_decoder_adapter_on_real_weights(smollm2, tmp_path, name):
-    base, tokenizer = _decoder(smollm2)
-    batch = tokenizer(["The capital of France is", "Two plus two equals"], padding=True,
-                      return_tensors="pt")  # fmt: skip
-    with torch.no_grad():
-        expected = base(**batch).logits
+    base, batch, expected = _decoder_batch(smollm2)
     model = inject_adapters(copy.deepcopy(base), _config(DECODER_ADAPTERS[name], True, name))
     _check_adapter(model.eval(), batch, expected, tmp_path, lambda: _decoder(smollm2)[0])
 
@@ -186,11 +191,7 @@ def test_peft_adapter_on_real_weights(minilm, tmp_path, name):
 
 @pytest.mark.parametrize("name", list(PEFT_DECODER))
 def test_peft_adapter_on_the_real_decoder(smollm2, tmp_path, name):
-    base, tokenizer = _decoder(smollm2)
-    batch = tokenizer(["The capital of France is", "Two plus two equals"], padding=True,
-                      return_tensors="pt")  # fmt: skip
-    with torch.no_grad():
-        expected = base(**batch).logits
+    base, batch, expected = _decoder_batch(smollm2)
     model = inject_adapters(copy.deepcopy(base), PeftConfig(peft_config=PEFT_DECODER[name]))
     _check_adapter(model.eval(), batch, expected, tmp_path, lambda: _decoder(smollm2)[0])
 
